@@ -1,0 +1,617 @@
+"""Block connections: what each block of a stage receives.
+
+A *stage* is a sequence of blocks B_1..B_L that keep the feature shape, with stage input x_0. Each block keeps its
+own internal residual paths (as in timm): the plain network is x_i = B_i(x_{i-1}). A connection replaces that chain:
+
+===================  ======================================================================================
+``residual``         the plain chain.
+``dwa``              DenseFormer's depth-weighted average: after block i its raw output X_i is stored and the
+                     next block receives sum_j alpha_ij X_j, over the stored X_j with j = i (mod dilation),
+                     averaged only after every ``period``-th block. Starts as ``residual`` (alpha_ii = 1).
+``mudd``             MUDDFormer's multiway dynamic dense connection: per-position weights generated from X_i
+                     (RMSNorm without scale -> Linear -> GELU -> Linear, plus a static bias) mix X_0..X_i into C
+                     streams (query, key, value, residual for attention blocks that take separate inputs,
+                     one stream otherwise). Starts as ``residual`` (generator output 0, bias 1 on X_i).
+``rir``              residual-in-residual: blocks in groups of g; each group ends with a projection P and a
+                     group skip y = x + s * P(G(x)), where G(x) is the group's residual branch (the blocks'
+                     output minus the group input); optional long skip over the whole stage. P starts as I / s,
+                     so the stage starts as ``residual``.
+``dense``            DenseNet-style concatenation: x_0 and every block output, the latter reduced to ``growth``
+                     channels, are concatenated and fused by a 1x1 projection into the stream that the next
+                     block receives (the last fusion is the local feature fusion, added to the stage output).
+                     The fusions start at zero, so the stage starts as ``residual``.
+``laurel``           LAuReL: x_i = alpha f(x_{i-1}) + beta x_{i-1} + B A x_{i-1} with f the block's residual
+                     branch and a low-rank A, B; starts as ``residual`` (alpha = beta = 1, B = 0).
+``rezero``           ReZero: x_i = x_{i-1} + alpha_i f(x_{i-1}), alpha_i = 0 at initialisation (the paper's).
+``value_residual``   ResFormer: every attention block after the first adds the first block's attention values
+                     to its own, V_i <- lambda_1 V_i + lambda_2 V_1.
+===================  ======================================================================================
+
+Connections drive the blocks through a *runner* (the stage): ``runner.run_block(i, x)`` runs block i on x, and
+families that support more give ``runner.run_block_streams(i, q, k, v, r)`` (separate attention inputs) and
+``runner.run_block_values(i, x, first_values, weights)`` (value residual). The runner owns gradient
+checkpointing, so every connection keeps it working.
+
+Past block outputs are held by reference, each exactly once: nothing is concatenated or stacked, the weighted sums
+accumulate in place with one fused multiply-add per term and the dense fusion accumulates one matrix product per
+stored feature. Connection parameters are plain ``nn.Parameter``s on modules that are not ``nn.Linear`` or
+``nn.Conv2d``, and every module restores its initial (identity) values in ``reset_parameters()``, so timm's
+``init_weights()`` and user re-initialisation with ``model.apply(...)`` keep the connected network equal to the
+plain one at initialisation.
+"""
+import inspect
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import trunc_normal_
+
+__all__ = [
+    'CONNECTION_KINDS', 'StageConnection', 'Residual', 'DepthWeightedAverage', 'MultiwayDynamicDense',
+    'ResidualInResidual', 'DenseConcat', 'LAuReL', 'ReZero', 'ValueResidual', 'create_connection',
+    'connection_options', 'weighted_sum', 'linear_over_chunks', 'dwa_num_weights',
+]
+
+LAYOUTS = ('NHWC', 'NLC', 'NCHW')
+
+
+def weighted_sum(
+        tensors: Sequence[torch.Tensor],
+        weights: torch.Tensor,
+        per_position: bool = False,
+) -> torch.Tensor:
+    """Return sum_j weights[..., j] * tensors[j] without stacking the tensors.
+
+    ``weights`` is 1-D (one scalar per tensor), or with ``per_position`` has the tensors' shape with the last
+    (channel) dimension replaced by the number of tensors (one weight per position). The sum accumulates in place,
+    one fused multiply-add per term; autograd keeps references to the inputs, never copies.
+    """
+    out = tensors[0] * (weights[..., 0:1] if per_position else weights[0])
+    for j in range(1, len(tensors)):
+        # keep the in-place result: FX graphs drop in-place calls whose result is unused
+        out = out.addcmul_(tensors[j], weights[..., j:j + 1] if per_position else weights[j])
+    return out
+
+
+def linear_over_chunks(
+        chunks: Sequence[torch.Tensor],
+        widths: Sequence[int],
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Apply ``F.linear(torch.cat(chunks, -1), weight, bias)`` without building the concatenation.
+
+    ``widths`` are the chunks' channel counts. The weight is split column-wise along the chunks; each chunk adds
+    one matrix product into the output.
+    """
+    out = F.linear(chunks[0], weight[:, :widths[0]], bias)
+    flat = out.view(-1, weight.shape[0])
+    start = widths[0]
+    for chunk, width in zip(chunks[1:], widths[1:]):
+        flat = flat.addmm_(chunk.reshape(-1, width), weight[:, start:start + width].t())
+        start += width
+    return flat.view_as(out)
+
+
+def _check_int(name: str, value, minimum: int, allowed: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f'{name}={value!r} is not allowed; {name} must be {allowed}')
+    return value
+
+
+def _check_layout(layout: str, allowed: Sequence[str] = LAYOUTS) -> str:
+    if layout not in allowed:
+        raise ValueError(f'layout={layout!r} is not allowed; choose one of {", ".join(allowed)}')
+    return layout
+
+
+def dwa_num_weights(num_blocks: int, dilation: int = 1, period: int = 1) -> int:
+    """Number of DWA scalars for a stage: sum over averaging points i of (i + dilation) // dilation."""
+    return sum((i + 1 + dilation) // dilation for i in range(num_blocks) if (i + 1) % period == 0)
+
+
+class StageConnection(nn.Module):
+    """Base class of the connections: runs the ``num_blocks`` blocks of one stage through a runner.
+
+    Subclasses implement ``forward(x, runner)`` and ``reset_parameters()``; ``no_weight_decay_names()`` lists the
+    mixing coefficients that weight decay would pull away from their identity values.
+    """
+    kind: str = ''
+    #: runner capability the connection needs beyond ``run_block`` (``'streams'`` or ``'values'``)
+    requires: Optional[str] = None
+
+    def __init__(self, num_blocks: int):
+        super().__init__()
+        self.num_blocks = _check_int('num_blocks', num_blocks, 1, 'a positive integer')
+
+    def reset_parameters(self) -> None:
+        """Restore the initial values of the connection parameters."""
+
+    def no_weight_decay_names(self) -> List[str]:
+        """Names (relative to this module) of parameters that should not use weight decay."""
+        return []
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}'
+
+
+class Residual(StageConnection):
+    """The plain chain x_i = B_i(x_{i-1}); exactly the network being connected."""
+    kind = 'residual'
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        for i in range(self.num_blocks):
+            x = runner.run_block(i, x)
+        return x
+
+
+class DepthWeightedAverage(StageConnection):
+    """DenseFormer's depth-weighted average (DWA) with dilation k and period p.
+
+    After block i (0-based) its raw output X_{i+1} is stored (X_0 is the stage input). If (i + 1) is a multiple
+    of p, the next block receives sum_j alpha_{i,j} X_j over the stored X_j with j = i + 1 (mod k), in depth order;
+    otherwise it receives X_{i+1}. Block i owns (i + 1 + k) // k scalars, initialised to 0 except 1 on X_{i+1}, so
+    the stage starts as the plain one. With k = p = 1 a stage of L blocks has L(L + 3) / 2 scalars.
+    """
+    kind = 'dwa'
+
+    def __init__(self, num_blocks: int, dilation: int = 1, period: int = 1, device=None, dtype=None):
+        super().__init__(num_blocks)
+        self.dilation = _check_int('dilation', dilation, 1, 'a positive integer')
+        self.period = _check_int('period', period, 1, 'a positive integer')
+        self.alphas = nn.ParameterDict({
+            str(i): nn.Parameter(torch.empty((i + 1 + dilation) // dilation, device=device, dtype=dtype))
+            for i in range(num_blocks) if (i + 1) % period == 0
+        })
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for alpha in self.alphas.values():
+                alpha.zero_()
+                alpha[-1] = 1.
+
+    def no_weight_decay_names(self) -> List[str]:
+        return [f'alphas.{key}' for key in self.alphas.keys()]
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        outputs = [x]
+        for i in range(self.num_blocks):
+            y = runner.run_block(i, x)
+            outputs.append(y)
+            if (i + 1) % self.period == 0:
+                x = weighted_sum(outputs[(i + 1) % self.dilation::self.dilation], self.alphas[str(i)])
+            else:
+                x = y
+        return x
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}, dilation={self.dilation}, period={self.period}'
+
+
+class MultiwayDynamicDense(StageConnection):
+    """MUDDFormer's multiway dynamic dense connection.
+
+    After block i (0-based) with output X_{i+1}, a generator makes per-position weights from X_{i+1}:
+    ``RMSNorm (no scale) -> Linear(D, h) -> GELU -> Linear(h, C * (i + 2))``, reshaped to (C, i + 2) and added to
+    a static bias of that shape. Stream c is sum_j w[c, j] X_j over X_0..X_{i+1}. Blocks before the last produce
+    C = ``num_streams`` streams (4: query, key, value and residual inputs of the next block, which the runner must
+    accept through ``run_block_streams``; 1: a single input), the last block one stream (the stage output).
+
+    ``hidden_dim`` defaults to MUDDFormer's rule, (C * (i + 2)) // 64 * 64 + 64. The second generator weight is 0
+    and the bias is 1 on X_{i+1} and 0 elsewhere at initialisation, so the stage starts as the plain one.
+    """
+    kind = 'mudd'
+
+    def __init__(
+            self,
+            num_blocks: int,
+            dim: int,
+            num_streams: int = 1,
+            hidden_dim: Optional[int] = None,
+            eps: float = 1e-6,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(num_blocks)
+        self.dim = _check_int('dim', dim, 1, 'a positive integer')
+        if num_streams not in (1, 4):
+            raise ValueError(f'num_streams={num_streams!r} is not allowed; num_streams must be 1 or 4 '
+                             f'(query, key, value and residual)')
+        if hidden_dim is not None:
+            _check_int('hidden_dim', hidden_dim, 1, 'a positive integer or None (MUDDFormer rule)')
+        self.num_streams = num_streams
+        self.requires = 'streams' if num_streams > 1 else None
+        self.eps = eps
+        dd = dict(device=device, dtype=dtype)
+        self.w1, self.w2, self.bias = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        for i in range(num_blocks):
+            streams, inputs = self.streams_after(i), i + 2
+            hidden = hidden_dim or (streams * inputs) // 64 * 64 + 64
+            self.w1.append(nn.Parameter(torch.empty(hidden, dim, **dd)))
+            self.w2.append(nn.Parameter(torch.empty(streams * inputs, hidden, **dd)))
+            self.bias.append(nn.Parameter(torch.empty(streams, inputs, **dd)))
+        self.reset_parameters()
+
+    def streams_after(self, index: int) -> int:
+        """Number of streams mixed after block ``index``."""
+        return self.num_streams if index < self.num_blocks - 1 else 1
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for w1, w2, bias in zip(self.w1, self.w2, self.bias):
+                nn.init.normal_(w1, std=self.dim ** -0.5)
+                w2.zero_()
+                bias.zero_()
+                bias[:, -1] = 1.
+
+    def no_weight_decay_names(self) -> List[str]:
+        return [f'bias.{i}' for i in range(self.num_blocks)]
+
+    def dynamic_weights(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        """Weights of shape (*y.shape[:-1], C, index + 2) generated from block ``index``'s output ``y``."""
+        h = F.rms_norm(y, (self.dim,), eps=self.eps)
+        h = F.gelu(F.linear(h, self.w1[index]))
+        w = F.linear(h, self.w2[index])
+        return w.unflatten(-1, (self.streams_after(index), index + 2)) + self.bias[index]
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        outputs = [x]
+        streams = [x]
+        for i in range(self.num_blocks):
+            if len(streams) == 1:
+                y = runner.run_block(i, streams[0])
+            else:
+                y = runner.run_block_streams(i, *streams)
+            outputs.append(y)
+            weights = self.dynamic_weights(i, y)
+            streams = [weighted_sum(outputs, weights[..., c, :], per_position=True)
+                       for c in range(self.streams_after(i))]
+        return streams[0]
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}, dim={self.dim}, num_streams={self.num_streams}'
+
+
+class ResidualInResidual(StageConnection):
+    """Residual-in-residual groups (RCAN's RIR, SwinIR's RSTB) over a stage of residual blocks.
+
+    Blocks are grouped in groups of ``group_size``. Group k maps its input x to x + s * P_k(G_k(x)), where
+    G_k(x) = blocks(x) - x is the group's residual branch, P_k a projection (``'linear'``: a 1x1 map over
+    channels; ``'conv3x3'``: a 3x3 convolution on the 2-D map) and s = ``residual_scale``. With ``long_skip`` the
+    whole stage is wrapped the same way once more. Every P starts as I / s, so the stage starts as the plain one.
+    """
+    kind = 'rir'
+
+    def __init__(
+            self,
+            num_blocks: int,
+            dim: int,
+            group_size: int = 2,
+            projection: str = 'linear',
+            long_skip: bool = False,
+            residual_scale: float = 1.0,
+            layout: str = 'NHWC',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(num_blocks)
+        self.dim = _check_int('dim', dim, 1, 'a positive integer')
+        self.group_size = _check_int('group_size', group_size, 1, 'a positive integer')
+        if num_blocks % group_size:
+            divisors = [d for d in range(1, num_blocks + 1) if num_blocks % d == 0]
+            raise ValueError(f'group_size={group_size} does not divide the {num_blocks} blocks of the stage; '
+                             f'group_size must be one of {divisors}')
+        if projection not in ('linear', 'conv3x3'):
+            raise ValueError(f"projection={projection!r} is not allowed; choose 'linear' or 'conv3x3'")
+        self.layout = _check_layout(layout)
+        if projection == 'conv3x3' and layout == 'NLC':
+            raise ValueError("projection='conv3x3' needs a 2-D feature map; layout='NLC' has none, use 'linear'")
+        if not residual_scale or not math.isfinite(residual_scale):
+            raise ValueError(f'residual_scale={residual_scale!r} is not allowed; it must be a finite non-zero number')
+        self.projection = projection
+        self.long_skip = bool(long_skip)
+        self.residual_scale = float(residual_scale)
+        num_proj = num_blocks // group_size + int(self.long_skip)
+        kernel = (3, 3) if projection == 'conv3x3' else ()
+        self.weight = nn.ParameterList([
+            nn.Parameter(torch.empty(dim, dim, *kernel, device=device, dtype=dtype)) for _ in range(num_proj)])
+        self.bias = nn.ParameterList([
+            nn.Parameter(torch.empty(dim, device=device, dtype=dtype)) for _ in range(num_proj)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for weight, bias in zip(self.weight, self.bias):
+                weight.zero_()
+                eye = torch.eye(self.dim, device=weight.device, dtype=weight.dtype) / self.residual_scale
+                if weight.dim() == 4:
+                    weight[:, :, 1, 1] = eye
+                else:
+                    weight.copy_(eye)
+                bias.zero_()
+
+    def project(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Apply projection ``index`` to features in this connection's layout."""
+        weight, bias = self.weight[index], self.bias[index]
+        if self.projection == 'linear':
+            if self.layout == 'NCHW':
+                return F.conv2d(x, weight[:, :, None, None], bias)
+            return F.linear(x, weight, bias)
+        if self.layout == 'NHWC':
+            return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1).permute(0, 2, 3, 1)
+        return F.conv2d(x, weight, bias, padding=1)
+
+    def _skip(self, index: int, x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+        branch = self.project(index, x_out - x_in)
+        if self.residual_scale != 1.:
+            branch = branch * self.residual_scale
+        return x_in + branch
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        stage_input = x
+        for group in range(self.num_blocks // self.group_size):
+            group_input = x
+            for i in range(group * self.group_size, (group + 1) * self.group_size):
+                x = runner.run_block(i, x)
+            x = self._skip(group, group_input, x)
+        if self.long_skip:
+            x = self._skip(len(self.weight) - 1, stage_input, x)
+        return x
+
+    def extra_repr(self) -> str:
+        return (f'num_blocks={self.num_blocks}, dim={self.dim}, group_size={self.group_size}, '
+                f'projection={self.projection!r}, long_skip={self.long_skip}, residual_scale={self.residual_scale}')
+
+
+class DenseConcat(StageConnection):
+    """DenseNet-style concatenation with growth rate g and 1x1 fusion, starting as the plain stage.
+
+    The stage keeps F = [x_0, T_1(X_1), ..., T_i(X_i)]: the stage input at full width and every block output
+    reduced to g channels by a transition T_i (a 1x1 projection). After block i the next block receives
+    X_i + Fuse_i(F) where Fuse_i is a 1x1 projection from D + i*g channels to D; the fusion after the last block is
+    the local feature fusion, added to the stage output. The fusions start at 0, so the stage starts as the plain
+    one. Features are channels-last (``layout`` 'NHWC' or 'NLC'); the concatenation is never materialised.
+    """
+    kind = 'dense'
+
+    def __init__(
+            self,
+            num_blocks: int,
+            dim: int,
+            growth: int = 32,
+            layout: str = 'NHWC',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(num_blocks)
+        self.dim = _check_int('dim', dim, 1, 'a positive integer')
+        self.growth = _check_int('growth', growth, 1, 'a positive integer')
+        self.layout = _check_layout(layout, ('NHWC', 'NLC'))
+        dd = dict(device=device, dtype=dtype)
+        self.transition_weight = nn.ParameterList([
+            nn.Parameter(torch.empty(growth, dim, **dd)) for _ in range(num_blocks)])
+        self.transition_bias = nn.ParameterList([
+            nn.Parameter(torch.empty(growth, **dd)) for _ in range(num_blocks)])
+        self.fuse_weight = nn.ParameterList([
+            nn.Parameter(torch.empty(dim, dim + (i + 1) * growth, **dd)) for i in range(num_blocks)])
+        self.fuse_bias = nn.ParameterList([nn.Parameter(torch.empty(dim, **dd)) for _ in range(num_blocks)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for weight in self.transition_weight:
+                trunc_normal_(weight, std=.02)
+            for param in [*self.transition_bias, *self.fuse_weight, *self.fuse_bias]:
+                param.zero_()
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        features = [x]
+        for i in range(self.num_blocks):
+            y = runner.run_block(i, x)
+            features.append(F.linear(y, self.transition_weight[i], self.transition_bias[i]))
+            widths = [self.dim] + [self.growth] * (i + 1)
+            x = y + linear_over_chunks(features, widths, self.fuse_weight[i], self.fuse_bias[i])
+        return x
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}, dim={self.dim}, growth={self.growth}'
+
+
+class ReZero(StageConnection):
+    """ReZero: x_i = x_{i-1} + alpha_i * f_i(x_{i-1}), f_i the block's residual branch B_i(x) - x.
+
+    ``init`` is the initial alpha, 0 as in the paper (the stage then starts as the identity map); 1 starts as the
+    plain stage.
+    """
+    kind = 'rezero'
+
+    def __init__(self, num_blocks: int, init: float = 0., device=None, dtype=None):
+        super().__init__(num_blocks)
+        self.init = float(init)
+        self.alpha = nn.Parameter(torch.empty(num_blocks, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(self.init)
+
+    def no_weight_decay_names(self) -> List[str]:
+        return ['alpha']
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        for i in range(self.num_blocks):
+            x = torch.lerp(x, runner.run_block(i, x), self.alpha[i])
+        return x
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}, init={self.init}'
+
+
+class LAuReL(StageConnection):
+    """LAuReL (Menghani et al., ICML 2025) on each block: x_i = alpha f(x) + beta (x + B A x), with x = x_{i-1}.
+
+    f is the block's residual branch B_i(x) - x. ``variant`` 'rw+lr' (the paper's eq. 5, used for ResNet-50),
+    'rw' (learned residual weights alpha, beta only) or 'lr' (alpha = beta = 1 fixed, low-rank term only). A maps
+    D -> ``rank`` (Xavier init, as for the paper's vision runs), B maps ``rank`` -> D and starts at zero (as in the
+    paper); alpha and beta start at 1, so the stage starts as the plain one. The paper suggests bounding alpha and
+    beta with a softmax or sigmoid but gives no initial values; they are kept raw here so that the connected network
+    starts exactly as the plain one, and are excluded from weight decay.
+    """
+    kind = 'laurel'
+
+    def __init__(
+            self,
+            num_blocks: int,
+            dim: int,
+            rank: int = 16,
+            variant: str = 'rw+lr',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(num_blocks)
+        self.dim = _check_int('dim', dim, 1, 'a positive integer')
+        if variant not in ('rw+lr', 'rw', 'lr'):
+            raise ValueError(f"variant={variant!r} is not allowed; choose 'rw+lr', 'rw' or 'lr'")
+        self.variant = variant
+        dd = dict(device=device, dtype=dtype)
+        self.rank = _check_int('rank', rank, 1, 'a positive integer') if 'lr' in variant else 0
+        if 'rw' in variant:
+            self.alpha = nn.Parameter(torch.empty(num_blocks, **dd))
+            self.beta = nn.Parameter(torch.empty(num_blocks, **dd))
+        else:
+            self.register_parameter('alpha', None)
+            self.register_parameter('beta', None)
+        if self.rank:
+            self.down = nn.ParameterList([nn.Parameter(torch.empty(rank, dim, **dd)) for _ in range(num_blocks)])
+            self.up = nn.ParameterList([nn.Parameter(torch.empty(dim, rank, **dd)) for _ in range(num_blocks)])
+        else:
+            self.down, self.up = None, None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.alpha is not None:
+                self.alpha.fill_(1.)
+                self.beta.fill_(1.)
+            if self.rank:
+                for down, up in zip(self.down, self.up):
+                    nn.init.xavier_uniform_(down)
+                    up.zero_()
+
+    def no_weight_decay_names(self) -> List[str]:
+        return ['alpha', 'beta'] if self.alpha is not None else []
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        for i in range(self.num_blocks):
+            branch = runner.run_block(i, x) - x
+            skip = x
+            if self.rank:
+                skip = x + F.linear(F.linear(x, self.down[i]), self.up[i])
+            if self.alpha is not None:
+                x = branch * self.alpha[i] + skip * self.beta[i]
+            else:
+                x = branch + skip
+        return x
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}, dim={self.dim}, variant={self.variant!r}, rank={self.rank}'
+
+
+class ValueResidual(StageConnection):
+    """ResFormer's value residual: attention blocks after the first mix in the first block's values.
+
+    Block i > 0 uses V_i <- (1 - lambda_i) V_i + lambda_i V_1 as its attention values, V_1 being the first block's
+    value projection (before the head split). ``lambda_init`` = 0.5 is the official ResFormer setting
+    (V_i <- 0.5 V_i + 0.5 V_1); with ``learnable`` the lambdas are trained from there (the paper's learnable
+    variant), otherwise they stay fixed. The runner must provide ``run_block_values``.
+    """
+    kind = 'value_residual'
+    requires = 'values'
+
+    def __init__(
+            self,
+            num_blocks: int,
+            lambda_init: float = 0.5,
+            learnable: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(num_blocks)
+        if not 0. <= lambda_init <= 1.:
+            raise ValueError(f'lambda_init={lambda_init!r} is not allowed; it must lie in [0, 1]')
+        self.lambda_init = float(lambda_init)
+        self.learnable = bool(learnable)
+        weights = torch.empty(max(num_blocks - 1, 0), device=device, dtype=dtype)
+        if self.learnable:
+            self.weights = nn.Parameter(weights)
+        else:
+            self.register_buffer('weights', weights)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weights.fill_(self.lambda_init)
+
+    def no_weight_decay_names(self) -> List[str]:
+        return ['weights'] if self.learnable else []
+
+    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+        x, first_values = runner.run_block_values(0, x, None, None)
+        for i in range(1, self.num_blocks):
+            x, _ = runner.run_block_values(i, x, first_values, self.weights[i - 1])
+        return x
+
+    def extra_repr(self) -> str:
+        return f'num_blocks={self.num_blocks}, lambda_init={self.lambda_init}, learnable={self.learnable}'
+
+
+_CONNECTIONS: Dict[str, type] = {
+    cls.kind: cls for cls in (
+        Residual, DepthWeightedAverage, MultiwayDynamicDense, ResidualInResidual, DenseConcat, LAuReL, ReZero,
+        ValueResidual)
+}
+CONNECTION_KINDS: Tuple[str, ...] = tuple(_CONNECTIONS)
+
+# arguments a family supplies from the stage it rewires, never set by users
+_STAGE_ARGS = ('self', 'num_blocks', 'dim', 'layout', 'device', 'dtype')
+
+
+def _connection_class(kind: str) -> type:
+    if kind not in _CONNECTIONS:
+        raise ValueError(f'unknown connection kind {kind!r}; choose one of {", ".join(CONNECTION_KINDS)}')
+    return _CONNECTIONS[kind]
+
+
+def connection_options(kind: str) -> Dict[str, object]:
+    """User-settable options of connection ``kind`` with their defaults."""
+    params = inspect.signature(_connection_class(kind).__init__).parameters
+    return {name: p.default for name, p in params.items() if name not in _STAGE_ARGS}
+
+
+def create_connection(
+        kind: str,
+        num_blocks: int,
+        dim: int,
+        layout: str = 'NHWC',
+        device=None,
+        dtype=None,
+        **options,
+) -> StageConnection:
+    """Build the connection ``kind`` for a stage of ``num_blocks`` blocks of width ``dim``.
+
+    Raises ``ValueError`` for an unknown kind, an option the kind does not take, or an option value it cannot use.
+    """
+    cls = _connection_class(kind)
+    allowed = connection_options(kind)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        choices = ', '.join(allowed) if allowed else 'none'
+        raise ValueError(f'option {unknown[0]!r} does not apply to connection {kind!r}; its options are: {choices}')
+    params = inspect.signature(cls.__init__).parameters
+    stage_args = dict(num_blocks=num_blocks, dim=dim, layout=layout, device=device, dtype=dtype)
+    kwargs = {name: value for name, value in stage_args.items() if name in params}
+    return cls(**kwargs, **options)

@@ -1,0 +1,54 @@
+"""Package metadata for densezoo."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / 'densezoo' / 'version.py').read_text(), version)
+
+setup(
+    name='densezoo',
+    version=version['__version__'],
+    description='Vision models on timm conventions, compared by how their blocks are connected '
+                '(dense, depth-weighted, dynamic dense, residual-in-residual).',
+    long_description=(ROOT / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(include=['densezoo', 'densezoo.*']),
+    install_requires=[
+        # torch and torchvision come from the package index; torchvision must match torch's build.
+        'torch>=2.4',
+        'torchvision>=0.19',
+        'timm>=1.0.20,<2',
+        'safetensors>=0.4',
+        'pyyaml>=6.0',
+        'numpy>=1.24',
+        'fvcore>=0.1.5.post20221221',
+        'albumentations>=1.4',
+        'tqdm>=4.66',
+        'matplotlib>=3.7',
+    ],
+    extras_require={
+        'dev': [
+            'pytest>=8',
+            'pytest-xdist>=3.5',
+        ],
+        # The OpenMMLab stack as measured to work together with densezoo's backbones.
+        'mm': [
+            'mmengine==0.10.7',
+            'mmcv-lite==2.1.0',
+            'mmsegmentation==1.2.2',
+            'mmdet==3.3.0',
+            'ftfy',
+            'regex',
+            'setuptools<81',
+        ],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+        'Topic :: Scientific/Engineering :: Image Recognition',
+    ],
+)
