@@ -45,7 +45,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.fx
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from timm.layers import trunc_normal_
 
@@ -251,12 +253,21 @@ class MultiwayDynamicDense(StageConnection):
     def no_weight_decay_names(self) -> List[str]:
         return [f'bias.{i}' for i in range(self.num_blocks)]
 
-    def dynamic_weights(self, index: int, y: torch.Tensor) -> torch.Tensor:
-        """Weights of shape (*y.shape[:-1], C, index + 2) generated from block ``index``'s output ``y``."""
+    def _generate(self, index: int, y: torch.Tensor) -> torch.Tensor:
         h = F.rms_norm(y, (self.dim,), eps=self.eps)
         h = F.gelu(F.linear(h, self.w1[index]))
         w = F.linear(h, self.w2[index])
         return w.unflatten(-1, (self.streams_after(index), index + 2)) + self.bias[index]
+
+    def dynamic_weights(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        """Weights of shape (*y.shape[:-1], C, index + 2) generated from block ``index``'s output ``y``.
+
+        When training, the generator is recomputed in the backward pass (non-reentrant activation checkpointing),
+        so its normalised input and hidden activations are not kept: training stores only the block outputs.
+        """
+        if torch.is_grad_enabled() and not torch.jit.is_scripting() and not isinstance(y, torch.fx.Proxy):
+            return checkpoint(self._generate, index, y, use_reentrant=False)
+        return self._generate(index, y)
 
     def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
         outputs = [x]

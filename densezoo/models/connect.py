@@ -21,7 +21,8 @@ from timm.models._manipulate import checkpoint
 
 from densezoo.layers.connections import CONNECTION_KINDS, StageConnection, create_connection
 
-__all__ = ['connect', 'register_family', 'StageFamily', 'ConnectedStage', 'ConnectedModel', 'connection_parameters']
+__all__ = ['connect', 'register_family', 'StageFamily', 'ConnectedStage', 'ConnectedModel', 'connection_parameters',
+           'model_family']
 
 _logger = logging.getLogger(__name__)
 
@@ -142,6 +143,11 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
         model.register_load_state_dict_pre_hook(_start_missing_connections)
         model._connection_load_hook = True
     return model
+
+
+def model_family(model: nn.Module) -> str:
+    """Name of the family ``connect`` knows ``model`` by (``'Swin'``, ``'SwinV2'``, ...)."""
+    return _family_of(model).name
 
 
 def connection_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:

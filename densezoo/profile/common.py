@@ -1,0 +1,54 @@
+"""Model creation and argument parsing shared by the measuring tools."""
+import ast
+import difflib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import timm
+from torch import nn
+
+import densezoo  # noqa: F401  (registers densezoo's models)
+
+__all__ = ['create_model_for_input', 'parse_model_kwargs', 'check_model_names']
+
+
+def check_model_names(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first unknown model and its closest registered names."""
+    known = timm.list_models()
+    for name in names:
+        if not timm.models.is_model(name.split('.')[0]):
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f'; did you mean {", ".join(close)}?' if close else '; see timm.list_models() for the names'
+            raise ValueError(f'unknown model {name!r}{hint}')
+
+
+def parse_model_kwargs(pairs: Optional[Sequence[str]]) -> Dict[str, object]:
+    """``['k=v', ...]`` to a dict, values parsed as Python literals where possible (``depths=(2,2,2,2)``)."""
+    kwargs = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition('=')
+        if not sep or not key:
+            raise ValueError(f'model kwarg {pair!r} is not of the form key=value')
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def create_model_for_input(
+        name: str,
+        img_size: Optional[int] = None,
+        **kwargs,
+) -> Tuple[nn.Module, Tuple[int, int, int]]:
+    """Create ``name`` (no weights) and return it with the input size (C, H, W) it takes.
+
+    ``img_size`` overrides the pretrained cfg's size; models with a fixed input size are built for it.
+    """
+    cfg = timm.models.get_pretrained_cfg(name.split('.')[0])
+    input_size: List[int] = list(cfg.input_size) if cfg is not None else [3, 224, 224]
+    if img_size:
+        input_size[1:] = [img_size, img_size]
+        if cfg is not None and cfg.fixed_input_size:
+            kwargs.setdefault('img_size', img_size)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    return model, tuple(input_size)

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Latency, throughput and peak memory of models side by side, with ratios against the first model.
+
+Examples:
+    python tools/latency.py swin_tiny_patch4_window7_224 swin_tiny_patch4_window7_224_dwa --batch-size 1 8
+    python tools/latency.py vit_small_patch16_224 --batch-size 64 --amp bf16 --channels-last --compile --json
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from densezoo.profile.common import check_model_names, create_model_for_input, parse_model_kwargs  # noqa: E402
+from densezoo.profile.latency import measure_latency  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='+', metavar='MODEL', help='timm / densezoo model names; ratios are '
+                                                                   'against the first')
+    parser.add_argument('--batch-size', type=int, nargs='+', default=[1], help='batch sizes to measure')
+    parser.add_argument('--img-size', type=int, default=None, help='square input size (default: the cfg size)')
+    parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='autocast dtype')
+    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model (inductor)')
+    parser.add_argument('--train', action='store_true', help='time a training step (forward + backward)')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed iterations per model')
+    parser.add_argument('--iters', type=int, default=20, help='timed iterations per model (interleaved)')
+    parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model args')
+    parser.add_argument('--json', nargs='?', const='-', default=None, metavar='PATH',
+                        help='write results as JSON to PATH (or stdout)')
+    return parser.parse_args(argv)
+
+
+def _table(results, device_note):
+    head = ('model', 'params (M)', 'p50 ms', 'p90 ms', 'p99 ms', 'img/s', 'speed x', 'peak MB', 'memory x')
+    rows = [head]
+    for r in results:
+        rows.append((r.name, f'{r.params / 1e6:.2f}', f'{r.p50_ms:.1f}', f'{r.p90_ms:.1f}', f'{r.p99_ms:.1f}',
+                     f'{r.throughput:.1f}', f'{r.speed_ratio:.3f}',
+                     '-' if r.peak_memory is None else f'{r.peak_memory / 2 ** 20:.1f}',
+                     '-' if r.memory_ratio is None else f'{r.memory_ratio:.3f}'))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [f'batch {results[0].batch_size}, {results[0].mode}, {device_note}']
+    for i, row in enumerate(rows):
+        lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            lines.append('  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_model_names(args.models)
+        model_kwargs = parse_model_kwargs(args.model_kwargs)
+        if args.device == 'cuda' and not torch.cuda.is_available():
+            raise ValueError('--device cuda was asked for but no CUDA device is available')
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == 'cuda':
+        note = f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}'
+    else:
+        reason = '' if args.device == 'cpu' else ' (no CUDA device found)'
+        note = f'CPU{reason}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, ' \
+               f'torch {torch.__version__}'
+    print(note, file=sys.stderr)
+
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    models, input_sizes = {}, {}
+    for index, name in enumerate(args.models):
+        model, input_size = create_model_for_input(name, args.img_size, **model_kwargs)
+        model = model.to(device=device, memory_format=memory_format)
+        label = name if name not in models else f'{name} #{index + 1}'  # the same model twice shows the noise
+        models[label] = torch.compile(model) if args.compile else model
+        input_sizes[label] = input_size
+
+    all_results = []
+    for batch_size in args.batch_size:
+        inputs = {name: torch.randn(batch_size, *size, device=device).to(memory_format=memory_format)
+                  for name, size in input_sizes.items()}
+        progress = None
+        if sys.stderr.isatty() and not os.environ.get('CI'):
+            from tqdm import tqdm
+            progress = tqdm(total=args.iters, desc=f'batch {batch_size}', leave=False)
+        results = measure_latency(models, inputs, warmup=args.warmup, iters=args.iters, train=args.train,
+                                  amp=args.amp, memory=not args.no_memory, progress=progress)
+        if progress is not None:
+            progress.close()
+        print(_table(results, f'amp {args.amp or "off"}, channels_last {args.channels_last}, '
+                              f'compile {args.compile}, {args.iters} interleaved iterations'))
+        print()
+        all_results += results
+
+    if args.json:
+        payload = dict(device=note, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                       train=args.train, iters=args.iters, results=[r.as_dict() for r in all_results])
+        text = json.dumps(payload, indent=2)
+        if args.json == '-':
+            print(text)
+        else:
+            with open(args.json, 'w') as f:
+                f.write(text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
