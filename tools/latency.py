@@ -34,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--tune-malloc', action='store_true',
+                        help="keep freed memory in glibc's heap instead of returning it to the OS; removes the "
+                             'page-fault churn that dominates CPU timing noise (Linux/glibc)')
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model args')
     parser.add_argument('--json', nargs='?', const='-', default=None, metavar='PATH',
                         help='write results as JSON to PATH (or stdout)')
@@ -41,13 +44,15 @@ def parse_args(argv=None):
 
 
 def _table(results, device_note):
-    head = ('model', 'params (M)', 'p50 ms', 'p90 ms', 'p99 ms', 'img/s', 'speed x', 'peak MB', 'memory x')
+    head = ('model', 'params (M)', 'p50 ms', 'p90 ms', 'p99 ms', 'img/s', 'speed x', 'peak MB', 'memory x',
+            'page faults')
     rows = [head]
     for r in results:
         rows.append((r.name, f'{r.params / 1e6:.2f}', f'{r.p50_ms:.1f}', f'{r.p90_ms:.1f}', f'{r.p99_ms:.1f}',
                      f'{r.throughput:.1f}', f'{r.speed_ratio:.3f}',
                      '-' if r.peak_memory is None else f'{r.peak_memory / 2 ** 20:.1f}',
-                     '-' if r.memory_ratio is None else f'{r.memory_ratio:.3f}'))
+                     '-' if r.memory_ratio is None else f'{r.memory_ratio:.3f}',
+                     '-' if r.page_faults is None else f'{r.page_faults:.0f}'))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [f'batch {results[0].batch_size}, {results[0].mode}, {device_note}']
     for i, row in enumerate(rows):
@@ -57,8 +62,17 @@ def _table(results, device_note):
     return '\n'.join(lines)
 
 
+# glibc returns freed blocks above these sizes to the OS and faults them in again on the next allocation
+_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(2 ** 32), 'MALLOC_TRIM_THRESHOLD_': str(2 ** 32),
+               'MALLOC_TOP_PAD_': str(2 ** 29)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.tune_malloc and any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
+        # the allocator reads these at start-up: run again with them set
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])],
+                  {**os.environ, **_MALLOC_ENV})
     try:
         check_model_names(args.models)
         model_kwargs = parse_model_kwargs(args.model_kwargs)
@@ -100,13 +114,15 @@ def main(argv=None) -> int:
         if progress is not None:
             progress.close()
         print(_table(results, f'amp {args.amp or "off"}, channels_last {args.channels_last}, '
-                              f'compile {args.compile}, {args.iters} interleaved iterations'))
+                              f'compile {args.compile}, tuned malloc {args.tune_malloc}, '
+                              f'{args.iters} interleaved iterations'))
         print()
         all_results += results
 
     if args.json:
         payload = dict(device=note, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                       train=args.train, iters=args.iters, results=[r.as_dict() for r in all_results])
+                       train=args.train, tune_malloc=args.tune_malloc, iters=args.iters,
+                       results=[r.as_dict() for r in all_results])
         text = json.dumps(payload, indent=2)
         if args.json == '-':
             print(text)

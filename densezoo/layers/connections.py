@@ -87,13 +87,14 @@ def linear_over_chunks(
     """Apply ``F.linear(torch.cat(chunks, -1), weight, bias)`` without building the concatenation.
 
     ``widths`` are the chunks' channel counts. The weight is split column-wise along the chunks; each chunk adds
-    one matrix product into the output.
+    one matrix product into the output (in the output's dtype, which autocast may have lowered).
     """
     out = F.linear(chunks[0], weight[:, :widths[0]], bias)
     flat = out.view(-1, weight.shape[0])
     start = widths[0]
     for chunk, width in zip(chunks[1:], widths[1:]):
-        flat = flat.addmm_(chunk.reshape(-1, width), weight[:, start:start + width].t())
+        part = weight[:, start:start + width].t().to(flat.dtype)
+        flat = flat.addmm_(chunk.reshape(-1, width).to(flat.dtype), part)
         start += width
     return flat.view_as(out)
 
@@ -135,6 +136,14 @@ class StageConnection(nn.Module):
     def no_weight_decay_names(self) -> List[str]:
         """Names (relative to this module) of parameters that should not use weight decay."""
         return []
+
+    def mixing_macs(self, numel: int) -> int:
+        """Multiply-adds of the weighted sums over stored outputs, for a stage input of ``numel`` elements.
+
+        FLOP counters see the connections' matrix products (generators, projections, fusions) but not these
+        elementwise multiply-adds; one per term and element.
+        """
+        return 0
 
     def extra_repr(self) -> str:
         return f'num_blocks={self.num_blocks}'
@@ -178,6 +187,9 @@ class DepthWeightedAverage(StageConnection):
 
     def no_weight_decay_names(self) -> List[str]:
         return [f'alphas.{key}' for key in self.alphas.keys()]
+
+    def mixing_macs(self, numel: int) -> int:
+        return numel * sum(alpha.numel() for alpha in self.alphas.values())
 
     def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
         outputs = [x]
@@ -252,6 +264,9 @@ class MultiwayDynamicDense(StageConnection):
 
     def no_weight_decay_names(self) -> List[str]:
         return [f'bias.{i}' for i in range(self.num_blocks)]
+
+    def mixing_macs(self, numel: int) -> int:
+        return numel * sum(self.streams_after(i) * (i + 2) for i in range(self.num_blocks))
 
     def _generate(self, index: int, y: torch.Tensor) -> torch.Tensor:
         h = F.rms_norm(y, (self.dim,), eps=self.eps)

@@ -44,6 +44,7 @@ class LatencyResult:
     peak_memory: Optional[int] = None
     speed_ratio: float = 1.0
     memory_ratio: Optional[float] = None
+    page_faults: Optional[float] = None
     times_ms: List[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
@@ -72,9 +73,20 @@ def _step_fn(model: nn.Module, x: torch.Tensor, train: bool, device: torch.devic
     return step
 
 
+def _minor_faults() -> Optional[int]:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class _Timer:
+    """Times one call; on the CPU also counts the minor page faults it caused (allocator churn)."""
+
     def __init__(self, device: torch.device):
         self.cuda = device.type == 'cuda'
+        self.faults: List[int] = []
 
     def time(self, fn) -> float:
         if self.cuda:
@@ -84,9 +96,13 @@ class _Timer:
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end)
+        faults = _minor_faults()
         start = time.perf_counter()
         fn()
-        return (time.perf_counter() - start) * 1e3
+        elapsed = (time.perf_counter() - start) * 1e3
+        if faults is not None:
+            self.faults.append(_minor_faults() - faults)
+        return elapsed
 
 
 def peak_memory(model: nn.Module, x: torch.Tensor, train: bool, amp: Optional[str] = None) -> int:
@@ -124,7 +140,7 @@ def measure_latency(
     and memory ratios (this peak / first peak) against the first model.
     """
     device = next(iter(inputs.values())).device
-    timer = _Timer(device)
+    timers = {name: _Timer(device) for name in models}
     steps = {}
     for name, model in models.items():
         model.train(train)
@@ -135,7 +151,7 @@ def measure_latency(
     times = {name: [] for name in models}
     for _ in range(iters):
         for name, step in steps.items():
-            times[name].append(timer.time(step))
+            times[name].append(timers[name].time(step))
         if progress is not None:
             progress.update(1)
 
@@ -149,6 +165,7 @@ def measure_latency(
             p50_ms=percentile(t, 50), p90_ms=percentile(t, 90), p99_ms=percentile(t, 99),
             mean_ms=statistics.fmean(t), throughput=batch / percentile(t, 50) * 1e3,
             peak_memory=peak_memory(model, inputs[name], train, amp) if memory else None,
+            page_faults=percentile(timers[name].faults, 50) if timers[name].faults else None,
             times_ms=t,
         ))
     first = results[0]

@@ -426,3 +426,10 @@ def test_weighted_sum_and_linear_over_chunks_helpers():
     torch.testing.assert_close(C.linear_over_chunks(chunks, [4, 2, 2], weight, bias),
                                F.linear(torch.cat(chunks, -1), weight, bias))
     assert math.isclose(C.dwa_num_weights(6), 27)
+
+
+def test_mixing_macs_count_one_multiply_add_per_term_and_element():
+    assert C.DepthWeightedAverage(6).mixing_macs(10) == 10 * 27
+    assert C.DepthWeightedAverage(6, dilation=2, period=3).mixing_macs(10) == 10 * (2 + 4)
+    assert C.MultiwayDynamicDense(3, 8, num_streams=4).mixing_macs(10) == 10 * (4 * 2 + 4 * 3 + 1 * 4)
+    assert C.ResidualInResidual(4, 8).mixing_macs(10) == 0  # its projections are matrix products

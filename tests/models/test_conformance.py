@@ -164,6 +164,20 @@ def test_forward_backward(name):
 
 
 @pytest.mark.parametrize('name', MODELS)
+def test_autocast_bfloat16(name):
+    model = reduced(name, num_classes=42).eval()
+    x = image(batch=2)
+    with torch.no_grad():
+        expected = model(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+    out.float().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize('name', MODELS)
 def test_features_only_default_and_getter_paths(name):
     default = reduced(name, features_only=True).eval()
     getter = reduced(name, features_only=True, feature_cls="getter").eval()

@@ -34,7 +34,8 @@ def test_measure_latency_ratios_against_first_model():
     for r in results:
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms
         assert r.throughput == pytest.approx(2 / r.p50_ms * 1e3)
-        assert len(r.times_ms) == 5 and r.mode == 'infer'
+        assert len(r.times_ms) == 5 and r.mode == "infer"
+        assert r.page_faults is not None and r.page_faults >= 0  # counted on the CPU (Linux)
     assert second.speed_ratio == pytest.approx(first.p50_ms / second.p50_ms)
     # four times the pixels: the activations (and so the peak) of the larger input are clearly larger
     assert second.memory_ratio > 1.5

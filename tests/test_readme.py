@@ -1,0 +1,28 @@
+"""The README's commands and examples are the ones that work."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / 'README.md').read_text()
+
+
+def test_quick_start_runs():
+    code = re.search(r'## Quick start\n\n```python\n(.*?)```', README, re.S).group(1)
+    exec(compile(code, 'README.md quick start', 'exec'), {})
+
+
+def test_ci_runs_the_readme_setup_and_test_commands():
+    ci = (ROOT / '.ci' / 'run').read_text()
+    setup = re.search(r'## Set-up\n\n```bash\n(.*?)```', README, re.S).group(1)
+    tests = re.search(r'## Tests\n\n```bash\n(.*?)```', README, re.S).group(1).strip()
+    dev_install = [line.split('#')[0].strip() for line in setup.splitlines() if '[dev]' in line][0]
+    assert dev_install in ci.splitlines()
+    assert tests in ci.splitlines()
+
+
+def test_main_command_names_registered_models():
+    import timm
+    import densezoo  # noqa: F401
+    command = re.search(r'## Main command\n\n.*?```bash\n(.*?)```', README, re.S).group(1)
+    names = re.findall(r'\b(swin\w+)', command)
+    assert names and all(timm.models.is_model(n) for n in names)
