@@ -1,10 +1,11 @@
-"""densezoo's models in timm's registry: listing them and the model table of the README."""
-from typing import List, NamedTuple
+"""densezoo's models in timm's registry: listing and checking names, and the model table of the README."""
+import difflib
+from typing import List, NamedTuple, Sequence
 
 import timm
 import torch
 
-__all__ = ['list_models', 'ModelRow', 'model_rows', 'model_table']
+__all__ = ['list_models', 'check_model_names', 'ModelRow', 'model_rows', 'model_table']
 
 
 def list_models(pattern: str = '') -> List[str]:
@@ -14,6 +15,16 @@ def list_models(pattern: str = '') -> List[str]:
     for module in MODEL_MODULES:
         names.update(timm.list_models(pattern or '*', module=module))
     return sorted(names)
+
+
+def check_model_names(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first unknown model and its closest registered names."""
+    known = timm.list_models()
+    for name in names:
+        if not timm.models.is_model(name.split('.')[0]):
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f'; did you mean {", ".join(close)}?' if close else '; see timm.list_models() for the names'
+            raise ValueError(f'unknown model {name!r}{hint}')
 
 
 class ModelRow(NamedTuple):

@@ -1,24 +1,14 @@
 """Model creation and argument parsing shared by the measuring tools."""
 import ast
-import difflib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import timm
 from torch import nn
 
 import densezoo  # noqa: F401  (registers densezoo's models)
+from densezoo.registry import check_model_names
 
 __all__ = ['create_model_for_input', 'parse_model_kwargs', 'check_model_names']
-
-
-def check_model_names(names: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming the first unknown model and its closest registered names."""
-    known = timm.list_models()
-    for name in names:
-        if not timm.models.is_model(name.split('.')[0]):
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f'; did you mean {", ".join(close)}?' if close else '; see timm.list_models() for the names'
-            raise ValueError(f'unknown model {name!r}{hint}')
 
 
 def parse_model_kwargs(pairs: Optional[Sequence[str]]) -> Dict[str, object]:

@@ -1,0 +1,194 @@
+"""Image-folder datasets for training: checked up front, deterministic per sample, explicit about bad files.
+
+* Layout: ``<root>/<class>/<image>`` (ImageNet style). A missing folder, a class folder without images and a
+  validation class unknown to training are one-line ``DataError``s.
+* Unreadable images: ``corrupt='skip'`` warns (naming the file) and uses the next image instead; ``'error'``
+  stops with the file's name. ``verify=True`` opens every image once before training.
+* Augmentation randomness is seeded per sample from (seed, epoch, index), so a sample looks the same whichever
+  worker loads it and whenever: a resumed run sees exactly the batches of an uninterrupted one.
+"""
+import contextlib
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from timm.data.readers.img_extensions import get_img_extensions, is_img_extension
+
+__all__ = ['DataError', 'ImageFolderDataset', 'EpochSampler', 'seeded_rng', 'list_classes']
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the folder or file and the fix."""
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Seed torch, numpy and ``random`` for the block and restore their previous states afterwards."""
+    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _is_image(name: str) -> bool:
+    return is_img_extension(os.path.splitext(name)[1].lower())
+
+
+def list_classes(folder: Path) -> Dict[str, List[Path]]:
+    """Class name -> sorted image paths, for a folder of class sub-folders; raises ``DataError`` if unusable."""
+    if not folder.is_dir():
+        raise DataError(f'data folder {str(folder)!r} does not exist; expected <root>/<split>/<class>/<image> '
+                        f'(set data.root and the split names)')
+    classes = {}
+    for entry in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = sorted(p for p in entry.rglob('*') if p.is_file() and _is_image(p.name))
+        if not images:
+            raise DataError(f'class folder {str(entry)!r} has no images ({" ".join(get_img_extensions())}); '
+                            f'add images or remove the folder')
+        classes[entry.name] = images
+    if not classes:
+        raise DataError(f'data folder {str(folder)!r} has no class sub-folders; expected <class>/<image> inside it')
+    return classes
+
+
+class ImageFolderDataset(Dataset):
+    """``(image, class index)`` pairs from ``<folder>/<class>/<image>``.
+
+    Args:
+        folder: The split folder.
+        transform: Called on the RGB ``PIL.Image``; returns the model input.
+        class_to_idx: Class indices to use (the training split's, for validation); default: sorted class names.
+        corrupt: 'skip' or 'error' for images that cannot be read.
+        seed: Base seed of the per-sample augmentation randomness.
+        verify: Open every image once now.
+        classes: The folder's ``list_classes`` result, if already known.
+    """
+
+    def __init__(
+            self,
+            folder,
+            transform: Optional[Callable] = None,
+            class_to_idx: Optional[Dict[str, int]] = None,
+            corrupt: str = 'skip',
+            seed: int = 0,
+            verify: bool = False,
+            classes: Optional[Dict[str, List[Path]]] = None,
+    ):
+        self.folder = Path(folder)
+        classes = classes if classes is not None else list_classes(self.folder)
+        if class_to_idx is None:
+            class_to_idx = {name: i for i, name in enumerate(classes)}
+        unknown = sorted(set(classes) - set(class_to_idx))
+        if unknown:
+            raise DataError(f'class folder {str(self.folder / unknown[0])!r} is not a training class; '
+                            f'use the same class folders in every split')
+        self.class_to_idx = class_to_idx
+        self.samples: List[Tuple[Path, int]] = [
+            (path, class_to_idx[name]) for name, paths in classes.items() for path in paths]
+        self.transform = transform
+        self.corrupt = corrupt
+        self.seed = seed
+        self.epoch = 0
+        if verify:
+            self._verify()
+
+    @property
+    def classes(self) -> List[str]:
+        return sorted(self.class_to_idx, key=self.class_to_idx.get)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation randomness of ``epoch`` (call before iterating a loader of this epoch)."""
+        self.epoch = epoch
+
+    def _verify(self) -> None:
+        bad = []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as err:  # PIL raises many types for broken files
+                if self.corrupt == 'error':
+                    raise DataError(f'cannot read image {str(path)!r} ({err}); fix or remove it, or set '
+                                    f'data.corrupt_images=skip') from None
+                bad.append(path)
+        if bad:
+            warnings.warn(f'skipping {len(bad)} unreadable images: {", ".join(map(str, bad[:5]))}'
+                          + (' ...' if len(bad) > 5 else ''))
+            self.samples = [s for s in self.samples if s[0] not in set(bad)]
+
+    def load(self, index: int) -> Tuple[Image.Image, int]:
+        """The RGB image and label at ``index``, applying the corrupt-image policy."""
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                with Image.open(path) as img:
+                    return img.convert('RGB'), label
+            except Exception as err:
+                if self.corrupt == 'error':
+                    raise DataError(f'cannot read image {str(path)!r} ({err}); fix or remove it, or set '
+                                    f'data.corrupt_images=skip') from None
+                warnings.warn(f'skipping unreadable image {str(path)!r} ({err})')
+        raise DataError(f'no readable image in {str(self.folder)!r}')
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        if self.transform is not None:
+            with seeded_rng(hash((self.seed, self.epoch, index)) % 2 ** 62):
+                image = self.transform(image)
+        return image, label
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class EpochSampler(Sampler[int]):
+    """Indices of one epoch for one process: a seeded permutation (or the plain order), split across processes.
+
+    Training pads the permutation so every process gets as many indices; evaluation (``pad=False``) gives each
+    index to exactly one process, so summed metrics are exact. ``set_start(n)`` skips the first ``n`` indices of
+    this process, to resume in the middle of an epoch.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = start
+
+    def _indices(self) -> List[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        if self.pad and self.world_size > 1:
+            total = -(-self.size // self.world_size) * self.world_size
+            order += order[:total - self.size]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start:])
+
+    def __len__(self) -> int:
+        return max(len(self._indices()) - self.start, 0)

@@ -1,0 +1,284 @@
+"""Training configs: typed sections loaded from YAML, overridden with ``key=value`` pairs, checked up front.
+
+Every key is declared below with its type and default. An unknown key is an error that names the closest valid key;
+a value of the wrong type is an error that names the key, the value and the expected type.
+"""
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+__all__ = ['ConfigError', 'ModelConfig', 'DataConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig', 'load_config',
+           'config_from_dict', 'config_to_dict', 'apply_overrides']
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message says which and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    """What to train."""
+    name: str = ''
+    pretrained: bool = False
+    pretrained_file: Optional[str] = None  # local weights (safetensors / .pth), loaded like timm's pretrained
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+    drop_path_rate: Optional[float] = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = 'inductor'
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are augmented."""
+    root: str = ''
+    train_split: str = 'train'
+    val_split: str = 'val'
+    img_size: Optional[int] = None  # default: the model's pretrained cfg
+    batch_size: int = 64
+    val_batch_size: Optional[int] = None
+    workers: int = 2
+    pipeline: str = 'timm'  # 'timm' or 'albumentations'
+    albumentations: List[Dict[str, Any]] = field(default_factory=list)  # [{name: HorizontalFlip, p: 0.5}, ...]
+    scale: Tuple[float, float] = (0.08, 1.0)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    auto_augment: Optional[str] = None  # e.g. 'rand-m9-mstd0.5-inc1' (RandAugment)
+    re_prob: float = 0.0  # random erasing
+    interpolation: Optional[str] = None
+    crop_pct: Optional[float] = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = 'batch'
+    label_smoothing: float = 0.1
+    corrupt_images: str = 'skip'  # 'skip' (warn, naming the file) or 'error'
+    verify_images: bool = False  # open every image once before training
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (timm's create_optimizer_v2)."""
+    name: str = 'adamw'
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    layer_decay: Optional[float] = None
+    clip_grad: Optional[float] = None
+    clip_mode: str = 'norm'
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule (timm's create_scheduler_v2), updated every optimizer step."""
+    name: str = 'cosine'
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
+    decay_milestones: Tuple[int, ...] = (90, 180, 270)
+    decay_rate: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+    task: str = 'classification'
+    name: str = ''  # run folder name (default: the config file name and a time stamp)
+    output: str = 'runs'
+    seed: int = 0
+    device: Optional[str] = None  # default: cuda when available
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimizer steps
+    accumulation_steps: int = 1
+    amp: Optional[str] = None  # 'bf16' or 'fp16'
+    ema_decay: Optional[float] = None
+    ema_warmup: bool = False
+    checkpoint_every: Optional[int] = None  # optimizer steps between checkpoints (default: every epoch)
+    eval_every: int = 1  # epochs
+    log_every: int = 10  # optimizer steps
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f'{_type_name(args[0])} or null'
+    if origin in (tuple, Tuple):
+        args = typing.get_args(tp)
+        inner = _type_name(args[0]) if args else 'value'
+        return f'a list of {inner}s'
+    if origin in (list, List):
+        return 'a list'
+    if origin in (dict, Dict):
+        return 'a mapping'
+    return {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false'}.get(tp, str(tp))
+
+
+def _coerce(key: str, value, tp):
+    """Check ``value`` against the declared type ``tp`` (with the few safe conversions YAML needs)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _coerce(key, value, inner)
+    wrong = ConfigError(f'{key}={value!r} has the wrong type; {key} must be {_type_name(tp)}')
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        args = typing.get_args(tp)
+        item_type = args[0]
+        if len(args) == 2 and args[1] is Ellipsis or len(args) == len(value):
+            return tuple(_coerce(key, v, item_type) for v in value)
+        raise ConfigError(f'{key}={value!r} must have {len(args)} values')
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise wrong
+        return value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise wrong
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    return value
+
+
+def _build(cls, values: Dict[str, Any], prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f'{prefix.rstrip(".") or "the config"} must be a mapping, got {values!r}')
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = [prefix + name for name in fields]
+            close = difflib.get_close_matches(prefix + str(key), known, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f'; valid keys: {", ".join(known)}'
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f'{prefix}{key}.')
+        else:
+            kwargs[key] = _coerce(prefix + key, value, tp)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
+    """Build and check a ``TrainConfig`` from plain values; raises ``ConfigError``."""
+    config = _build(TrainConfig, values, '')
+    _check(config)
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
+    """Plain (YAML-safe) values of a config."""
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, text = item.partition('=')
+        if not sep or not key:
+            raise ConfigError(f'override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)')
+        target = values
+        parts = key.split('.')
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f'override {item!r}: {part} is not a section')
+        target[parts[-1]] = _parse_value(text)
+    return values
+
+
+def load_config(path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config file, apply overrides and check it; raises ``ConfigError`` with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'config file {str(path)!r} does not exist')
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f'config file {str(path)!r} is not valid YAML: {first}') from None
+    if not isinstance(values, dict):
+        raise ConfigError(f'config file {str(path)!r} must hold a mapping of sections, got {type(values).__name__}')
+    config = config_from_dict(apply_overrides(values, overrides))
+    if not config.name:
+        config.name = path.stem
+    return config
+
+
+def _check(config: TrainConfig) -> None:
+    def require(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    require(bool(config.model.name), 'model.name is missing; set it to a timm or densezoo model name')
+    require(bool(config.data.root), 'data.root is missing; set it to the dataset folder')
+    require(config.epochs >= 1, f'epochs={config.epochs} is not allowed; it must be at least 1')
+    require(config.accumulation_steps >= 1, f'accumulation_steps={config.accumulation_steps} must be at least 1')
+    require(config.data.batch_size >= 1, f'data.batch_size={config.data.batch_size} must be at least 1')
+    require(config.data.workers >= 0, f'data.workers={config.data.workers} must be 0 or more')
+    require(config.amp in (None, 'bf16', 'fp16'), f"amp={config.amp!r} is not allowed; use bf16, fp16 or null")
+    require(config.data.pipeline in ('timm', 'albumentations'),
+            f"data.pipeline={config.data.pipeline!r} is not allowed; use 'timm' or 'albumentations'")
+    require(config.data.corrupt_images in ('skip', 'error'),
+            f"data.corrupt_images={config.data.corrupt_images!r} is not allowed; use 'skip' or 'error'")
+    require(config.optim.clip_mode in ('norm', 'value', 'agc'),
+            f"optim.clip_mode={config.optim.clip_mode!r} is not allowed; use norm, value or agc")
+    require(config.ema_decay is None or 0 < config.ema_decay < 1,
+            f'ema_decay={config.ema_decay} is not allowed; it must lie between 0 and 1 (e.g. 0.999)')
+    require(config.checkpoint_every is None or config.checkpoint_every >= 1,
+            f'checkpoint_every={config.checkpoint_every} must be at least 1')
+    require(config.max_steps is None or config.max_steps >= 1, f'max_steps={config.max_steps} must be at least 1')

@@ -1,0 +1,323 @@
+"""The training loop shared by every task: optimizer, schedule, AMP, EMA, accumulation, clipping, DDP,
+checkpoints that resume exactly, logs and progress.
+
+Exact resumption: checkpoints are taken between optimizer steps and hold the optimizer, scheduler, scaler and EMA,
+the RNG states of every process and the position in the epoch. Data order depends only on (seed, epoch) and each
+sample's augmentation only on (seed, epoch, index), so a resumed run replays exactly the batches the interrupted
+one would have seen; on the CPU it ends bit-identical to a run that was never interrupted.
+"""
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import yaml
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, dispatch_clip_grad
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from densezoo.datasets import EpochSampler
+from densezoo.engine.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                        seed_everything, set_rng_state)
+from densezoo.engine.config import TrainConfig, config_to_dict
+from densezoo.engine.distributed import barrier, init_distributed
+from densezoo.engine.logger import RunLogger, plot_curves
+from densezoo.tasks import create_task
+
+__all__ = ['Trainer', 'RunResult', 'NonFiniteLossError', 'TrainingError']
+
+_logger = logging.getLogger(__name__)
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to change."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+    run_dir: Path
+    steps: int
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+    curve: Optional[Path] = None
+
+
+def _show_progress() -> bool:
+    return sys.stderr.isatty() and not os.environ.get('CI')
+
+
+class Trainer:
+    """Trains ``config`` in ``run_dir``; with ``resume`` it continues from the run's last checkpoint."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, progress: Optional[bool] = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / 'checkpoints'
+        self.dist = init_distributed(config.device)
+        self.device = self.dist.device
+        self.progress = _show_progress() if progress is None else progress
+        self.task = create_task(config, self.dist)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                (self.run_dir / 'config.yaml').write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+        seed_everything(config.seed)  # the same initial weights in every process
+        self.model = self.task.build_model().to(self.device)
+        self.memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        if config.model.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=config.ema_warmup) \
+            if config.ema_decay else None
+
+        self.train_set, self.val_set = self.task.build_datasets(self.model)
+        self._build_loaders()
+        optim = config.optim
+        self.optimizer = create_optimizer_v2(
+            self.model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum,
+            layer_decay=optim.layer_decay, **optim.kwargs)
+        sched = config.sched
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=sched.name, num_epochs=config.epochs, warmup_epochs=sched.warmup_epochs,
+            warmup_lr=sched.warmup_lr, min_lr=sched.min_lr, decay_milestones=list(sched.decay_milestones),
+            decay_rate=sched.decay_rate, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == 'fp16')
+
+        self.train_model = self.model
+        if config.model.compile:
+            self.train_model = torch.compile(self.model, backend=config.model.compile_backend)
+        if self.dist.enabled:
+            self.train_model = DistributedDataParallel(
+                self.train_model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+
+        self.global_step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_metric: Optional[float] = None
+        self.best_step: Optional[int] = None
+        self.last_metrics: Dict[str, float] = {}
+        resume_step = self._resume() if resume else None
+        if resume_step is None:  # stochastic depth, dropout and mixup differ between processes from here
+            seed_everything(config.seed * 1000 + self.dist.rank + 1)
+        self.logger = RunLogger(self.run_dir, resume_step=resume_step) if self.dist.is_main else None
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _build_loaders(self) -> None:
+        cfg, info = self.config, self.dist
+        self.train_sampler = EpochSampler(len(self.train_set), shuffle=True, seed=cfg.seed, rank=info.rank,
+                                          world_size=info.world_size)
+        self.val_sampler = EpochSampler(len(self.val_set), shuffle=False, rank=info.rank,
+                                        world_size=info.world_size, pad=False)
+        micro_batches = len(self.train_sampler) // cfg.data.batch_size
+        self.steps_per_epoch = micro_batches // cfg.accumulation_steps
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f'data.batch_size={cfg.data.batch_size} x accumulation_steps={cfg.accumulation_steps} is larger '
+                f'than the training set ({len(self.train_sampler)} images per process); lower them')
+
+    def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
+        workers = self.config.data.workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          drop_last=sampler is self.train_sampler, pin_memory=self.device.type == 'cuda',
+                          generator=torch.Generator().manual_seed(self.config.seed),
+                          multiprocessing_context='spawn' if workers and sys.platform == 'darwin' else None)
+
+    def _autocast(self):
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.config.amp])
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _state(self) -> Dict[str, object]:
+        states = [rng_state()]
+        if self.dist.enabled:
+            gathered = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        return dict(
+            global_step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), rng=states, best_metric=self.best_metric, best_step=self.best_step,
+            metrics=self.last_metrics, config=config_to_dict(self.config))
+
+    def _save(self, best: bool = False) -> None:
+        state = self._state()  # every process takes part (RNG gathering)
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_dir, self.global_step, self.model, state,
+                            ema=self.ema.module if self.ema else None, best=best)
+        barrier(self.dist)
+
+    def _resume(self) -> int:
+        folder = latest_checkpoint(self.ckpt_dir)
+        if folder is None:
+            raise TrainingError(f'{self.ckpt_dir} holds no complete checkpoint to resume from; start a new run')
+        state = load_checkpoint(folder, self.model, self.ema.module if self.ema else None)
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.global_step, self.epoch = state['global_step'], state['epoch']
+        self.batch_in_epoch = state['batch_in_epoch']
+        self.best_metric, self.best_step = state['best_metric'], state['best_step']
+        self.last_metrics = state['metrics']
+        rng = state['rng']
+        set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+        self.scheduler.step_update(num_updates=self.global_step)
+        if self.dist.is_main:
+            _logger.info(f'resumed from {folder} at step {self.global_step} (epoch {self.epoch})')
+        return self.global_step
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _lr(self) -> float:
+        return max(group['lr'] for group in self.optimizer.param_groups)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach()).all().to(torch.int32)
+        if self.dist.enabled:
+            finite = finite.to(self.device)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite.item():
+            last = latest_checkpoint(self.ckpt_dir)
+            kept = f'the last good checkpoint is {last}' if last else 'no checkpoint had been written yet'
+            raise NonFiniteLossError(
+                f'loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch}); stopped, {kept}; '
+                f'lower optim.lr or set optim.clip_grad')
+
+    def _optimizer_step(self) -> None:
+        cfg = self.config.optim
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        self.scheduler.step_update(num_updates=self.global_step)
+
+    def _train_epoch(self) -> bool:
+        """One epoch from the current position; returns False when ``max_steps`` was reached."""
+        cfg = self.config
+        accumulation = cfg.accumulation_steps
+        self.train_set.set_epoch(self.epoch)
+        self.train_sampler.set_epoch(self.epoch)
+        self.train_sampler.set_start(self.batch_in_epoch * cfg.data.batch_size)
+        loader = self._loader(self.train_set, self.train_sampler, cfg.data.batch_size)
+        micro_batches = self.steps_per_epoch * accumulation
+        self.train_model.train()
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // accumulation,
+                       desc=f'epoch {self.epoch + 1}/{cfg.epochs}', dynamic_ncols=True, leave=False)
+        window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
+        for index, (inputs, targets) in enumerate(loader, start=self.batch_in_epoch):
+            if index >= micro_batches:
+                break
+            inputs = inputs.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
+            last_micro = (index + 1) % accumulation == 0
+            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.train_model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss = self.task.training_loss(self.train_model, inputs, targets)
+                self._check_finite(loss)
+                self.scaler.scale(loss / accumulation).backward()
+            window_loss += loss.item() / accumulation
+            window_images += inputs.shape[0] * self.dist.world_size
+            if not last_micro:
+                continue
+            self._optimizer_step()
+            self.batch_in_epoch = index + 1
+            window_steps += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f'{window_loss / window_steps:.4f}', lr=f'{self._lr():.2e}',
+                                img_s=f'{window_images / (time.perf_counter() - window_start):.1f}')
+            if self.global_step % cfg.log_every == 0 or self.batch_in_epoch == micro_batches:
+                elapsed = time.perf_counter() - window_start
+                if self.logger is not None:
+                    self.logger.log('train', self.global_step, self.epoch, lr=self._lr(),
+                                    loss=window_loss / window_steps, images_per_s=window_images / elapsed,
+                                    elapsed_s=elapsed)
+                window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
+            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                self._save()
+            if cfg.max_steps and self.global_step >= cfg.max_steps:
+                if bar is not None:
+                    bar.close()
+                return False
+        if bar is not None:
+            bar.close()
+        return True
+
+    def evaluate(self) -> Dict[str, float]:
+        """Validation metrics of the model (and of its EMA, prefixed ``ema_``) at the current step."""
+        loader = self._loader(self.val_set, self.val_sampler, self.config.data.val_batch_size
+                              or self.config.data.batch_size)
+        self.val_set.set_epoch(0)
+        self.model.eval()
+        metrics = self.task.evaluate(self.model, loader, self.device, self._autocast)
+        if self.ema is not None:
+            ema_metrics = self.task.evaluate(self.ema.module, loader, self.device, self._autocast)
+            metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
+        return metrics
+
+    def _validate(self) -> bool:
+        """Evaluate, log and track the best main metric; returns whether this step is the new best."""
+        metrics = self.evaluate()
+        key = f'ema_{self.task.main_metric}' if self.ema is not None else self.task.main_metric
+        value = metrics[key]
+        best = self.best_metric is None or (
+            value > self.best_metric if self.task.higher_is_better else value < self.best_metric)
+        if best:
+            self.best_metric, self.best_step = value, self.global_step
+        self.last_metrics = metrics
+        if self.logger is not None:
+            self.logger.log('val', self.global_step, self.epoch, **metrics)
+        if self.dist.is_main:
+            shown = ', '.join(f'{k} {v:.4g}' for k, v in metrics.items() if k != 'count')
+            print(f'epoch {self.epoch + 1}/{self.config.epochs} step {self.global_step}: {shown}', flush=True)
+        return best
+
+    def fit(self) -> RunResult:
+        """Train to the end (epochs or ``max_steps``) and return what the run produced."""
+        cfg = self.config
+        if self.dist.is_main:
+            print(f'run folder: {self.run_dir}', flush=True)
+        try:
+            while self.epoch < cfg.epochs:
+                completed = self._train_epoch()
+                final = not completed or self.epoch + 1 == cfg.epochs
+                best = self._validate() if final or (self.epoch + 1) % cfg.eval_every == 0 else False
+                if completed:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                self._save(best=best)
+                if not completed:
+                    break
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+        curve = None
+        if self.dist.is_main:
+            curve = plot_curves(self.logger.records, self.run_dir / 'curve.png', self.task.main_metric)
+        return RunResult(run_dir=self.run_dir, steps=self.global_step, best_metric=self.best_metric,
+                         best_step=self.best_step, metrics=self.last_metrics, curve=curve)

@@ -1,0 +1,3 @@
+"""Tasks of the training engine (the config's ``task`` key)."""
+from densezoo.tasks.base import TASKS, Task, create_task, register_task
+from densezoo.tasks.classification import ClassificationTask

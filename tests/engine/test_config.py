@@ -1,0 +1,60 @@
+"""Configs: YAML, overrides, and one-line errors for unknown keys and wrong types."""
+import pytest
+
+from densezoo.engine.config import ConfigError, config_from_dict, config_to_dict, load_config
+from tests.engine.conftest import tiny_config, write_config
+
+
+def test_load_with_overrides_and_defaults(tmp_path):
+    path = write_config(tmp_path / 'exp.yaml', tiny_config(tmp_path / 'data', tmp_path / 'runs'))
+    config = load_config(path, ['optim.lr=1e-4', 'data.batch_size=3', 'model.kwargs.embed_dim=16', 'amp=bf16'])
+    assert config.optim.lr == 1e-4 and isinstance(config.optim.lr, float)  # YAML reads 1e-4 as a string
+    assert config.data.batch_size == 3 and config.model.kwargs['embed_dim'] == 16 and config.amp == 'bf16'
+    assert config.name == 'tiny' and config.data.scale == (0.8, 1.0)
+    assert config.sched.min_lr == 0.0 and config.data.pipeline == 'timm'  # defaults
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_name_defaults_to_the_file_name(tmp_path):
+    values = tiny_config(tmp_path / 'data', tmp_path / 'runs')
+    del values['name']
+    assert load_config(write_config(tmp_path / 'my_run.yaml', values)).name == 'my_run'
+
+
+@pytest.mark.parametrize('override, message', [
+    ('data.bach_size=3', r"^unknown config key 'data.bach_size'; did you mean 'data.batch_size'\?$"),
+    ('optimizer.lr=3', r"^unknown config key 'optimizer'; did you mean 'optim'\?$"),
+    ('epoch=3', r"^unknown config key 'epoch'; did you mean 'epochs'\?$"),
+    ('data.batch_size=big', r"^data.batch_size='big' has the wrong type; data.batch_size must be an integer$"),
+    ('optim.lr=fast', r"^optim.lr='fast' has the wrong type; optim.lr must be a number$"),
+    ('model.channels_last=3', r"^model.channels_last=3 has the wrong type; model.channels_last must be true or "
+                              r"false$"),
+    ('data.scale=[0.5]', r'^data.scale=\[0.5\] must have 2 values$'),
+    ('amp=fp8', r"^amp='fp8' is not allowed; use bf16, fp16 or null$"),
+    ('data.corrupt_images=ignore', r"^data.corrupt_images='ignore' is not allowed; use 'skip' or 'error'$"),
+    ('epochs=0', r'^epochs=0 is not allowed; it must be at least 1$'),
+    ('ema_decay=2', r'^ema_decay=2.0 is not allowed; it must lie between 0 and 1'),
+    ('lr', r"^override 'lr' is not of the form key=value"),
+])
+def test_bad_keys_and_values_are_one_line_errors(tmp_path, override, message):
+    path = write_config(tmp_path / 'exp.yaml', tiny_config(tmp_path / 'data', tmp_path / 'runs'))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, [override])
+    assert '\n' not in str(info.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config file '.*missing.yaml' does not exist$"):
+        load_config(tmp_path / 'missing.yaml')
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('model: [unclosed\n')
+    with pytest.raises(ConfigError, match=r"^config file '.*broken.yaml' is not valid YAML: "):
+        load_config(broken)
+    listing = tmp_path / 'list.yaml'
+    listing.write_text('- a\n- b\n')
+    with pytest.raises(ConfigError, match='must hold a mapping of sections, got list'):
+        load_config(listing)
+    empty = tmp_path / 'empty.yaml'
+    empty.write_text('')
+    with pytest.raises(ConfigError, match='^model.name is missing'):
+        load_config(empty)

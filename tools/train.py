@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Train a model from a YAML config (task, model, data, optimizer, schedule): densezoo's training engine.
+
+    python tools/train.py configs/demo/swin_digits.yaml
+    python tools/train.py configs/demo/swin_digits.yaml --opt optim.lr=5e-4 data.batch_size=32
+    python tools/train.py --resume runs/swin_digits-20260101-120000          # continue a run where it stopped
+    torchrun --nproc_per_node 2 tools/train.py configs/demo/swin_digits.yaml  # several processes (DDP)
+"""
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from densezoo.datasets import DataError  # noqa: E402
+from densezoo.engine import ConfigError, TrainingError, load_config, resume_config, train  # noqa: E402
+from densezoo.engine.config import apply_overrides, config_from_dict, config_to_dict  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', nargs='?', help='YAML config (not needed with --resume)')
+    parser.add_argument('--opt', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='override config values, e.g. optim.lr=3e-4 data.workers=0')
+    parser.add_argument('--resume', metavar='RUN_DIR', default=None,
+                        help='continue the run in RUN_DIR from its last checkpoint')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    warnings.filterwarnings('ignore', category=FutureWarning)
+    try:
+        if args.resume:
+            config = resume_config(args.resume)
+            if args.opt:
+                config = config_from_dict(apply_overrides(config_to_dict(config), args.opt))
+        elif args.config:
+            config = load_config(args.config, args.opt)
+        else:
+            raise ConfigError('give a config file, or --resume RUN_DIR to continue a run')
+        result = train(config, run_dir=args.resume, resume=bool(args.resume))
+    except (ConfigError, DataError, TrainingError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1 if isinstance(err, TrainingError) else 2
+    if int(os.environ.get('RANK', '0')) == 0:
+        best = result.run_dir / 'checkpoints' / 'best' / 'model.safetensors'
+        if result.best_metric is not None:
+            print(f'best validation {result.best_metric:.2f} at step {result.best_step}')
+        print(f'run folder: {result.run_dir}')
+        print(f'training curve: {result.curve}')
+        print(f'weights: {best}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
