@@ -1,3 +1,4 @@
 """Datasets and transforms for training."""
-from densezoo.datasets.folder import DataError, EpochSampler, ImageFolderDataset, list_classes, seeded_rng
+from densezoo.datasets.folder import (DataError, EpochSampler, ImageFolderDataset, list_classes, preserved_rng,
+                                      seeded_rng)
 from densezoo.datasets.transforms import build_transform

@@ -17,11 +17,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from timm.data.readers.img_extensions import get_img_extensions, is_img_extension
 
-__all__ = ['DataError', 'ImageFolderDataset', 'EpochSampler', 'seeded_rng', 'list_classes']
+__all__ = ['DataError', 'ImageFolderDataset', 'EpochSampler', 'seeded_rng', 'preserved_rng', 'list_classes']
 
 
 class DataError(ValueError):
@@ -29,18 +29,26 @@ class DataError(ValueError):
 
 
 @contextlib.contextmanager
-def seeded_rng(seed: int):
-    """Seed torch, numpy and ``random`` for the block and restore their previous states afterwards."""
+def preserved_rng():
+    """Restore the states of torch's CPU generator, numpy's global RNG and ``random`` after the block."""
     torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    random.seed(seed)
     try:
         yield
     finally:
         torch.set_rng_state(torch_state)
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, restore: bool = True):
+    """Seed torch, numpy and ``random`` for the block; with ``restore``, put their previous states back after it."""
+    with preserved_rng() if restore else contextlib.nullcontext():
+        # the CPU generator only: torch.manual_seed also queues a CUDA seeding call (with a stack trace) each time
+        torch.random.default_generator.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        random.seed(seed)
+        yield
 
 
 def _is_image(name: str) -> bool:
@@ -72,7 +80,8 @@ class ImageFolderDataset(Dataset):
         transform: Called on the RGB ``PIL.Image``; returns the model input.
         class_to_idx: Class indices to use (the training split's, for validation); default: sorted class names.
         corrupt: 'skip' or 'error' for images that cannot be read.
-        seed: Base seed of the per-sample augmentation randomness.
+        seed: Base seed of the per-sample augmentation randomness. The global RNG states are put back after each
+            sample unless ``restore_rng`` is switched off (the training engine restores them once per batch).
         verify: Open every image once now.
         classes: The folder's ``list_classes`` result, if already known.
     """
@@ -102,6 +111,7 @@ class ImageFolderDataset(Dataset):
         self.corrupt = corrupt
         self.seed = seed
         self.epoch = 0
+        self.restore_rng = True
         if verify:
             self._verify()
 
@@ -146,7 +156,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int):
         image, label = self.load(index)
         if self.transform is not None:
-            with seeded_rng(hash((self.seed, self.epoch, index)) % 2 ** 62):
+            # worker processes only ever make samples: their RNG states need no restoring
+            restore = self.restore_rng and get_worker_info() is None
+            with seeded_rng(hash((self.seed, self.epoch, index)) % 2 ** 62, restore=restore):
                 image = self.transform(image)
         return image, label
 

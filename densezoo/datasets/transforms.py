@@ -3,6 +3,7 @@ import os
 from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
+import torch
 
 from timm.data import create_transform
 
@@ -10,12 +11,17 @@ __all__ = ['build_transform']
 
 
 class AlbumentationsTransform:
-    """Apply an albumentations pipeline to a PIL image and return a CHW float tensor."""
+    """Apply an albumentations pipeline to a PIL image and return a CHW float tensor.
+
+    albumentations draws from its own generators, seeded from the OS unless told otherwise; each call seeds them from
+    torch's RNG, so the result is as reproducible as timm's transforms under the dataset's per-sample seeding.
+    """
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
 
     def __call__(self, image):
+        self.pipeline.set_random_seed(int(torch.randint(0, 2 ** 31 - 1, ())))
         return self.pipeline(image=np.asarray(image))['image']
 
     def __repr__(self) -> str:

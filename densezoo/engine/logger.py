@@ -74,7 +74,7 @@ def plot_curves(records: List[Dict], path: Path, metric: str) -> Path:
     ax_loss.set_ylabel('loss')
     ax_loss.legend()
     ax_metric.set_xlabel('optimizer step')
-    ax_metric.set_ylabel(f'validation {metric}')
+    ax_metric.set_ylabel(f'validation {metric} (%)' if metric.startswith('top') else f'validation {metric}')
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
     fig.tight_layout()

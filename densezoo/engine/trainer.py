@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from densezoo.datasets import EpochSampler
+from densezoo.datasets import EpochSampler, preserved_rng
 from densezoo.engine.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                         seed_everything, set_rng_state)
 from densezoo.engine.config import TrainConfig, config_to_dict
@@ -62,6 +62,17 @@ def _show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get('CI')
 
 
+def _batches(loader: DataLoader):
+    """The batches of ``loader``; making them (seeded per sample) leaves the training RNG states as they were."""
+    iterator = iter(loader)
+    while True:
+        with preserved_rng():
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
 class Trainer:
     """Trains ``config`` in ``run_dir``; with ``resume`` it continues from the run's last checkpoint."""
 
@@ -88,6 +99,7 @@ class Trainer:
             if config.ema_decay else None
 
         self.train_set, self.val_set = self.task.build_datasets(self.model)
+        self.train_set.restore_rng = False  # _batches restores the RNG states once per batch instead
         self._build_loaders()
         optim = config.optim
         self.optimizer = create_optimizer_v2(
@@ -187,16 +199,18 @@ class Trainer:
     def _lr(self) -> float:
         return max(group['lr'] for group in self.optimizer.param_groups)
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        finite = torch.isfinite(loss.detach()).all().to(torch.int32)
+    def _check_finite(self, value: float) -> None:
+        """Stop every process when the loss ``value`` of any of them is NaN or infinite."""
+        finite = math.isfinite(value)
         if self.dist.enabled:
-            finite = finite.to(self.device)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not finite.item():
+            flag = torch.tensor(int(finite), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
             last = latest_checkpoint(self.ckpt_dir)
             kept = f'the last good checkpoint is {last}' if last else 'no checkpoint had been written yet'
             raise NonFiniteLossError(
-                f'loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch}); stopped, {kept}; '
+                f'loss is {value} at step {self.global_step + 1} (epoch {self.epoch}); stopped, {kept}; '
                 f'lower optim.lr or set optim.clip_grad')
 
     def _optimizer_step(self) -> None:
@@ -228,7 +242,7 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // accumulation,
                        desc=f'epoch {self.epoch + 1}/{cfg.epochs}', dynamic_ncols=True, leave=False)
         window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
-        for index, (inputs, targets) in enumerate(loader, start=self.batch_in_epoch):
+        for index, (inputs, targets) in enumerate(_batches(loader), start=self.batch_in_epoch):
             if index >= micro_batches:
                 break
             inputs = inputs.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
@@ -238,9 +252,10 @@ class Trainer:
             with sync:
                 with self._autocast():
                     loss = self.task.training_loss(self.train_model, inputs, targets)
-                self._check_finite(loss)
-                self.scaler.scale(loss / accumulation).backward()
-            window_loss += loss.item() / accumulation
+                value = loss.item()
+                self._check_finite(value)
+                self.scaler.scale(loss / accumulation if accumulation > 1 else loss).backward()
+            window_loss += value / accumulation
             window_images += inputs.shape[0] * self.dist.world_size
             if not last_micro:
                 continue

@@ -144,12 +144,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_p
 
 
 def test_training_options_together(dataset, tmp_path):
-    """bf16 autocast, gradient accumulation, clipping, EMA, channels_last, gradient checkpointing, the
+    """bf16 autocast, gradient accumulation, clipping, layer decay, EMA, channels_last, gradient checkpointing, the
     albumentations pipeline and torch.compile (aot_eager backend) in one short run."""
     values = tiny_config(dataset, tmp_path / 'runs', epochs=1, amp='bf16', accumulation_steps=2, ema_decay=0.5)
     values['model'].update(channels_last=True, grad_checkpointing=True, compile=True, compile_backend='aot_eager')
     values['data']['pipeline'] = 'albumentations'
-    values['optim']['clip_grad'] = 1.0
+    values['optim'].update(clip_grad=1.0, layer_decay=0.8)
     result = train(config_from_dict(values), run_dir=tmp_path / 'run', progress=False)
     assert result.steps == 3  # 6 batches of 6, two per step
     assert {'top1', 'ema_top1', 'ema_loss'} <= set(result.metrics)
