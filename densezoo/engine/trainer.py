@@ -84,10 +84,6 @@ class Trainer:
         self.device = self.dist.device
         self.progress = _show_progress() if progress is None else progress
         self.task = create_task(config, self.dist)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                (self.run_dir / 'config.yaml').write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
         seed_everything(config.seed)  # the same initial weights in every process
         self.model = self.task.build_model().to(self.device)
@@ -100,7 +96,11 @@ class Trainer:
 
         self.train_set, self.val_set = self.task.build_datasets(self.model)
         self.train_set.restore_rng = False  # _batches restores the RNG states once per batch instead
-        self._build_loaders()
+        self._build_samplers()
+        if self.dist.is_main:  # model and data are usable: the run folder can exist
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                (self.run_dir / 'config.yaml').write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         optim = config.optim
         self.optimizer = create_optimizer_v2(
             self.model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum,
@@ -131,7 +131,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, resume_step=resume_step) if self.dist.is_main else None
 
     # ------------------------------------------------------------------------------------------------------------
-    def _build_loaders(self) -> None:
+    def _build_samplers(self) -> None:
         cfg, info = self.config, self.dist
         self.train_sampler = EpochSampler(len(self.train_set), shuffle=True, seed=cfg.seed, rank=info.rank,
                                           world_size=info.world_size)

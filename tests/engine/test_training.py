@@ -181,6 +181,8 @@ def test_bad_data_is_a_one_line_error(tmp_path, problem, message):
     values['data']['corrupt_images'] = 'error'
     with pytest.raises(DataError, match=message):
         train(config_from_dict(values), run_dir=tmp_path / 'run', progress=False)
+    if problem != 'corrupt':  # found before training: no run folder is left behind
+        assert not (tmp_path / 'run').exists()
 
 
 def test_corrupt_images_are_skipped_with_a_warning_naming_them(dataset, tmp_path):
