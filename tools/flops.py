@@ -9,7 +9,6 @@ Examples:
     python tools/flops.py swinv2_tiny_window8_256_mudd --img-size 512 --table
 """
 import argparse
-import json
 import os
 import sys
 
@@ -18,7 +17,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from densezoo.profile.common import check_model_names, create_model_for_input, parse_model_kwargs  # noqa: E402
+from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,  # noqa: E402
+                                     parse_model_kwargs, write_json)
 from densezoo.profile.flops import count, format_table  # noqa: E402
 
 
@@ -37,18 +37,10 @@ def parse_args(argv=None):
 
 def _table(reports) -> str:
     head = ('model', 'input', 'params', 'GMACs fvcore', 'GMACs torch', 'diff %', 'GFLOPs', 'activations (M)')
-    rows = [head]
-    for r in reports:
-        rows.append((r.name, 'x'.join(map(str, r.input_size)), f'{r.params:,}', f'{r.macs_fvcore / 1e9:.3f}',
-                     f'{r.macs_torch / 1e9:.3f}', f'{r.agreement * 100:.2f}', f'{r.flops / 1e9:.3f}',
-                     f'{r.activations / 1e6:.2f}'))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [f'batch {reports[0].batch_size}, one forward pass; GFLOPs = 2 x GMACs fvcore']
-    for i, row in enumerate(rows):
-        lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if i == 0:
-            lines.append('  '.join('-' * w for w in widths))
-    return '\n'.join(lines)
+    rows = [(r.name, 'x'.join(map(str, r.input_size)), f'{r.params:,}', f'{r.macs_fvcore / 1e9:.3f}',
+             f'{r.macs_torch / 1e9:.3f}', f'{r.agreement * 100:.2f}', f'{r.flops / 1e9:.3f}',
+             f'{r.activations / 1e6:.2f}') for r in reports]
+    return f'batch {reports[0].batch_size}, one forward pass; GFLOPs = 2 x GMACs fvcore\n' + format_columns(head, rows)
 
 
 def main(argv=None) -> int:
@@ -79,12 +71,7 @@ def main(argv=None) -> int:
     if args.json:
         payload = dict(torch=torch.__version__, fvcore=fvcore.__version__, img_size=args.img_size,
                        batch_size=args.batch_size, results=[r.as_dict() for r in reports])
-        text = json.dumps(payload, indent=2)
-        if args.json == '-':
-            print(text)
-        else:
-            with open(args.json, 'w') as f:
-                f.write(text + '\n')
+        write_json(payload, args.json)
     return 0
 
 

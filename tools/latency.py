@@ -6,7 +6,6 @@ Examples:
     python tools/latency.py vit_small_patch16_224 --batch-size 64 --amp bf16 --channels-last --compile --json
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -15,7 +14,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from densezoo.profile.common import check_model_names, create_model_for_input, parse_model_kwargs  # noqa: E402
+from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,  # noqa: E402
+                                     parse_model_kwargs, write_json)
 from densezoo.profile.latency import measure_latency  # noqa: E402
 
 
@@ -46,20 +46,12 @@ def parse_args(argv=None):
 def _table(results, device_note):
     head = ('model', 'params (M)', 'p50 ms', 'p90 ms', 'p99 ms', 'img/s', 'speed x', 'peak MB', 'memory x',
             'page faults')
-    rows = [head]
-    for r in results:
-        rows.append((r.name, f'{r.params / 1e6:.2f}', f'{r.p50_ms:.1f}', f'{r.p90_ms:.1f}', f'{r.p99_ms:.1f}',
-                     f'{r.throughput:.1f}', f'{r.speed_ratio:.3f}',
-                     '-' if r.peak_memory is None else f'{r.peak_memory / 2 ** 20:.1f}',
-                     '-' if r.memory_ratio is None else f'{r.memory_ratio:.3f}',
-                     '-' if r.page_faults is None else f'{r.page_faults:.0f}'))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [f'batch {results[0].batch_size}, {results[0].mode}, {device_note}']
-    for i, row in enumerate(rows):
-        lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if i == 0:
-            lines.append('  '.join('-' * w for w in widths))
-    return '\n'.join(lines)
+    rows = [(r.name, f'{r.params / 1e6:.2f}', f'{r.p50_ms:.1f}', f'{r.p90_ms:.1f}', f'{r.p99_ms:.1f}',
+             f'{r.throughput:.1f}', f'{r.speed_ratio:.3f}',
+             '-' if r.peak_memory is None else f'{r.peak_memory / 2 ** 20:.1f}',
+             '-' if r.memory_ratio is None else f'{r.memory_ratio:.3f}',
+             '-' if r.page_faults is None else f'{r.page_faults:.0f}') for r in results]
+    return f'batch {results[0].batch_size}, {results[0].mode}, {device_note}\n' + format_columns(head, rows)
 
 
 # glibc returns freed blocks above these sizes to the OS and faults them in again on the next allocation
@@ -123,12 +115,7 @@ def main(argv=None) -> int:
         payload = dict(device=note, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                        train=args.train, tune_malloc=args.tune_malloc, iters=args.iters,
                        results=[r.as_dict() for r in all_results])
-        text = json.dumps(payload, indent=2)
-        if args.json == '-':
-            print(text)
-        else:
-            with open(args.json, 'w') as f:
-                f.write(text + '\n')
+        write_json(payload, args.json)
     return 0
 
 

@@ -4,3 +4,5 @@ from densezoo.models.swin import ConnectedSwinTransformer, ConnectedSwinTransfor
 
 #: timm module names of densezoo's model files (timm keys modules by their last dotted name)
 MODEL_MODULES = ('swin',)
+
+__all__ = ['connect', 'ConnectedSwinTransformer', 'ConnectedSwinTransformerV2', 'MODEL_MODULES']

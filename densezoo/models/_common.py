@@ -1,6 +1,6 @@
 """Pieces shared by densezoo's model families: derived pretrained cfgs, registration and input checks."""
 import sys
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Tuple
 
 import torch
 from torch import nn

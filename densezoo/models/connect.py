@@ -12,7 +12,7 @@ defines, for each timm stage class, a subclass that mixes in ``ConnectedStage``.
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Tuple
 
 import torch
 from torch import nn

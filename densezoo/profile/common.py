@@ -1,5 +1,6 @@
 """Model creation and argument parsing shared by the measuring tools."""
 import ast
+import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import timm
@@ -8,7 +9,7 @@ from torch import nn
 import densezoo  # noqa: F401  (registers densezoo's models)
 from densezoo.registry import check_model_names
 
-__all__ = ['create_model_for_input', 'parse_model_kwargs', 'check_model_names']
+__all__ = ['create_model_for_input', 'parse_model_kwargs', 'check_model_names', 'format_columns', 'write_json']
 
 
 def parse_model_kwargs(pairs: Optional[Sequence[str]]) -> Dict[str, object]:
@@ -42,3 +43,25 @@ def create_model_for_input(
             kwargs.setdefault('img_size', img_size)
     model = timm.create_model(name, pretrained=False, **kwargs)
     return model, tuple(input_size)
+
+
+def format_columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned, a rule under the header."""
+    rows = [tuple(head), *[tuple(r) for r in rows]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            lines.append('  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def write_json(payload: dict, destination: str) -> None:
+    """Write ``payload`` as indented JSON to the file ``destination``, or to stdout for ``'-'``."""
+    text = json.dumps(payload, indent=2)
+    if destination == '-':
+        print(text)
+    else:
+        with open(destination, 'w') as f:
+            f.write(text + '\n')

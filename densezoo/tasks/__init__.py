@@ -1,3 +1,5 @@
 """Tasks of the training engine (the config's ``task`` key)."""
 from densezoo.tasks.base import TASKS, Task, create_task, register_task
 from densezoo.tasks.classification import ClassificationTask
+
+__all__ = ['TASKS', 'Task', 'create_task', 'register_task', 'ClassificationTask']

@@ -85,7 +85,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = write_config(tmp_path / 'exp.yaml', values)
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     reference, interrupted = tmp_path / 'runs' / 'reference', tmp_path / 'runs' / 'interrupted'
-    subprocess.run([*TRAIN, str(config), '--opt', f'name=reference'], env=env, check=True, capture_output=True)
+    subprocess.run([*TRAIN, str(config), '--opt', 'name=reference'], env=env, check=True, capture_output=True)
     reference = next((tmp_path / 'runs').glob('reference-*'))
 
     proc = subprocess.Popen([*TRAIN, str(config), '--opt', 'name=interrupted'], env=env,
