@@ -29,6 +29,7 @@ setup(
         'albumentations>=1.4',
         'tqdm>=4.66',
         'matplotlib>=3.7',
+        'tensorboard>=2.14',
     ],
     extras_require={
         'dev': [
