@@ -29,6 +29,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def one_line(err: Exception) -> str:
+    """The reason of ``err`` on one line (an error raised in a loader worker arrives with that worker's traceback)."""
+    text = str(err)
+    if 'Original Traceback' in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(': ', 1)[1] if ': ' in last else last
+    return ' '.join(text.split('\n'))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -44,7 +53,7 @@ def main(argv=None) -> int:
             raise ConfigError('give a config file, or --resume RUN_DIR to continue a run')
         result = train(config, run_dir=args.resume, resume=bool(args.resume))
     except (ConfigError, DataError, TrainingError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
+        print(f'error: {one_line(err)}', file=sys.stderr)
         return 1 if isinstance(err, TrainingError) else 2
     if int(os.environ.get('RANK', '0')) == 0:
         best = result.run_dir / 'checkpoints' / 'best' / 'model.safetensors'

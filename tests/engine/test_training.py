@@ -1,6 +1,7 @@
 """The training engine end to end on a tiny dataset: outputs, exact resumption, DDP, interop, bad input."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,3 +207,14 @@ def test_cli_errors_are_one_line(dataset, tmp_path, opt, message):
     proc = subprocess.run([*TRAIN, str(config), '--opt', opt], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_cli_reports_an_error_from_a_loader_worker_on_one_line(dataset, tmp_path):
+    (dataset / 'train' / 'red' / '0.png').write_bytes(b'not a png')
+    values = tiny_config(dataset, tmp_path / 'runs', epochs=1)
+    values['data'].update(workers=1, corrupt_images='error')
+    proc = subprocess.run([*TRAIN, str(write_config(tmp_path / 'exp.yaml', values))], capture_output=True, text=True)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: cannot read image '.*train/red/0.png' \(.*\); fix or remove it, or set "
+                        r"data.corrupt_images=skip", last), last
