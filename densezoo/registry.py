@@ -1,6 +1,6 @@
 """densezoo's models in timm's registry: listing and checking names, and the model table of the README."""
 import difflib
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import timm
 import torch
@@ -8,11 +8,22 @@ import torch
 __all__ = ['list_models', 'check_model_names', 'ModelRow', 'model_rows', 'model_table']
 
 
-def list_models(pattern: str = '') -> List[str]:
-    """Names of the models densezoo registers with timm (optionally filtered by a wildcard pattern)."""
-    from densezoo.models import MODEL_MODULES
+TASKS = ('classification', 'sr')
+
+
+def list_models(pattern: str = '', task: Optional[str] = None) -> List[str]:
+    """Names of the models densezoo registers with timm.
+
+    Args:
+        pattern: Wildcard filter (``'*_dwa'``).
+        task: ``'classification'`` (backbones with a classifier), ``'sr'`` (image restoration), or None for all.
+    """
+    from densezoo.models import MODEL_MODULES, SR_MODEL_MODULES
+    if task not in (None, *TASKS):
+        raise ValueError(f'task={task!r} is not known; choose one of {", ".join(TASKS)} or None')
+    modules = {'classification': MODEL_MODULES, 'sr': SR_MODEL_MODULES}.get(task, MODEL_MODULES + SR_MODEL_MODULES)
     names = set()
-    for module in MODEL_MODULES:
+    for module in modules:
         names.update(timm.list_models(pattern or '*', module=module))
     return sorted(names)
 
@@ -34,21 +45,31 @@ class ModelRow(NamedTuple):
     params: int
 
 
-def model_rows(pattern: str = '') -> List[ModelRow]:
-    """One row per registered model: family, connection and exact parameter count (counted on the meta device)."""
-    from densezoo.models.connect import model_family
+def model_rows(pattern: str = '', task: Optional[str] = None) -> List[ModelRow]:
+    """One row per registered model: family, connection and exact parameter count (counted on the meta device).
+
+    The connection of a plain SR model is its own (``built-in``: SwinIR's residual groups, DRCT's dense groups, ...).
+    """
     rows = []
-    for name in list_models(pattern):
+    for name in list_models(pattern, task):
         with torch.device('meta'):
             model = timm.create_model(name, device='meta')
-        rows.append(ModelRow(name, model_family(model), model.connection_kind,
+        rows.append(ModelRow(name, _family(model), getattr(model, 'connection_kind', 'built-in'),
                              sum(p.numel() for p in model.parameters())))
     return rows
 
 
-def model_table(pattern: str = '') -> str:
+def _family(model) -> str:
+    from densezoo.models.connect import model_family
+    try:
+        return model_family(model)
+    except ValueError:  # a family densezoo.connect does not rewire
+        return type(model).__name__
+
+
+def model_table(pattern: str = '', task: Optional[str] = None) -> str:
     """The markdown model table of the README."""
     lines = ['| model | family | connection | params |', '|---|---|---|---:|']
-    for row in model_rows(pattern):
+    for row in model_rows(pattern, task):
         lines.append(f'| `{row.name}` | {row.family} | {row.connection} | {row.params:,} |')
     return '\n'.join(lines)

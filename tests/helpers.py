@@ -28,3 +28,31 @@ def perturb_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 def plain_state(model: nn.Module) -> dict:
     """State dict of a connected model without its connection entries."""
     return {k: v for k, v in model.state_dict().items() if '.connection.' not in k}
+
+
+FIXTURES = __import__('pathlib').Path(__file__).parent / 'fixtures'
+
+
+def load_fixture(name: str) -> dict:
+    """A reference input/output pair of an official SR implementation (see tests/fixtures/README.md)."""
+    return torch.load(FIXTURES / name, weights_only=True)
+
+
+def scale_preserving_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights that keep features at unit scale (the fixtures' recipe), so that mistakes show in outputs.
+
+    With timm-style N(0, 0.02) weights an SR model outputs almost exactly its input mean and hides most errors.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.dim() >= 2:
+                param.copy_(noise / param[0].numel() ** 0.5)
+            elif 'relative_position_bias_table' in name:
+                param.copy_(noise * 0.5)
+            elif name.endswith('weight'):  # norms
+                param.copy_(1 + 0.1 * noise)
+            else:
+                param.copy_(0.02 * noise)
+    return model

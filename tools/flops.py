@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,  # noqa: E402
+                                     import_modules,
                                      parse_model_kwargs, write_json)
 from densezoo.profile.flops import count, format_table  # noqa: E402
 
@@ -28,6 +29,9 @@ def parse_args(argv=None):
     parser.add_argument('--img-size', type=int, default=None, help='square input size (default: the cfg size)')
     parser.add_argument('--batch-size', type=int, default=1, help='batch size of the counted forward pass')
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model args')
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help='import MODULE first (a plugin registering more timm models, e.g. a reference '
+                             'implementation to compare against); repeatable')
     parser.add_argument('--table', action='store_true',
                         help='print a markdown table (model | params | GMACs | activations (M)) for README / docs')
     parser.add_argument('--json', nargs='?', const='-', default=None, metavar='PATH',
@@ -46,6 +50,7 @@ def _table(reports) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        import_modules(args.imports)
         check_model_names(args.models)
         model_kwargs = parse_model_kwargs(args.model_kwargs)
         if args.batch_size < 1:

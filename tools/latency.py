@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,  # noqa: E402
+                                     import_modules,
                                      parse_model_kwargs, write_json)
 from densezoo.profile.latency import measure_latency  # noqa: E402
 
@@ -38,6 +39,9 @@ def parse_args(argv=None):
                         help="keep freed memory in glibc's heap instead of returning it to the OS; removes the "
                              'page-fault churn that dominates CPU timing noise (Linux/glibc)')
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model args')
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help='import MODULE first (a plugin registering more timm models, e.g. a reference '
+                             'implementation to compare against); repeatable')
     parser.add_argument('--json', nargs='?', const='-', default=None, metavar='PATH',
                         help='write results as JSON to PATH (or stdout)')
     return parser.parse_args(argv)
@@ -66,6 +70,7 @@ def main(argv=None) -> int:
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])],
                   {**os.environ, **_MALLOC_ENV})
     try:
+        import_modules(args.imports)
         check_model_names(args.models)
         model_kwargs = parse_model_kwargs(args.model_kwargs)
         if args.device == 'cuda' and not torch.cuda.is_available():

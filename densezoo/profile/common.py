@@ -1,5 +1,6 @@
 """Model creation and argument parsing shared by the measuring tools."""
 import ast
+import importlib
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -9,7 +10,17 @@ from torch import nn
 import densezoo  # noqa: F401  (registers densezoo's models)
 from densezoo.registry import check_model_names
 
-__all__ = ['create_model_for_input', 'parse_model_kwargs', 'check_model_names', 'format_columns', 'write_json']
+__all__ = ['create_model_for_input', 'parse_model_kwargs', 'check_model_names', 'format_columns', 'write_json',
+           'import_modules']
+
+
+def import_modules(names: Optional[Sequence[str]]) -> None:
+    """Import modules that register more timm models (e.g. a reference implementation to compare against)."""
+    for name in names or []:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f'--import {name}: {err}; is its folder on PYTHONPATH?') from None
 
 
 def parse_model_kwargs(pairs: Optional[Sequence[str]]) -> Dict[str, object]:

@@ -19,7 +19,7 @@ from timm.models._manipulate import group_parameters
 import densezoo
 from tests.helpers import perturb_connections
 
-MODELS = densezoo.list_models()
+MODELS = densezoo.list_models(task='classification')
 REDUCED = dict(img_size=64, embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 1, 2, 4))
 
 

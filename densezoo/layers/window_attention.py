@@ -1,0 +1,255 @@
+"""Shifted-window self-attention for image restoration transformers (SwinIR, DRCT, HAT).
+
+The layers keep the official modules' parameter names (``attn.qkv``, ``attn.relative_position_bias_table``,
+``attn.proj``, ``norm1``, ``mlp.fc1``, ...), so official checkpoints load unchanged, and differ in how they compute:
+
+- attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias and the shifted-window
+  mask passed as one additive ``attn_mask``, on windows kept as a batch dimension (no per-window copies);
+- the shifted-window mask is built once per (size, window, shift, device) and cached, instead of on every forward;
+- the relative-position index and the masks are not stored in the state dict: they follow from the window size and
+  the input size, so one set of weights runs at any input size. Official checkpoints that store them (``attn_mask``,
+  ``relative_position_index``) load through the model's checkpoint filter, which checks and drops them.
+
+Paper: SwinIR (https://arxiv.org/abs/2108.10257), after Swin Transformer (https://arxiv.org/abs/2103.14030).
+"""
+import functools
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import DropPath, Mlp
+from timm.models.swin_transformer import get_relative_position_index
+
+__all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_attention',
+           'WindowAttention',
+           'SwinIRBlock', 'MASK_VALUE']
+
+#: Additive attention score between tokens of different shifted regions (the official value, not -inf).
+MASK_VALUE = -100.0
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """(ws², ws²) index into a ((2·ws − 1)², heads) relative-position bias table, as Swin defines it."""
+    return get_relative_position_index(window_size, window_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_mask(height: int, width: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
+    regions = torch.zeros(height, width, device=device)
+    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    label = 0
+    for rows in bounds:
+        for cols in bounds:
+            regions[rows, cols] = label
+            label += 1
+    windows = window_partition(regions[None, :, :, None], window_size)[0, :, :, 0]  # (nW, ws²)
+    differs = windows[:, None, :] != windows[:, :, None]
+    return torch.zeros_like(differs, dtype=torch.float32).masked_fill_(differs, MASK_VALUE)
+
+
+def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int,
+                        device: Optional[torch.device] = None) -> torch.Tensor:
+    """Additive mask (nW, ws², ws²) of a window attention shifted by ``shift_size`` on an H×W token grid.
+
+    Entry (w, i, j) is 0 where tokens i and j of window w came from the same region before the cyclic shift and
+    ``MASK_VALUE`` otherwise (the official SwinIR / Swin masks). Cached per size, window, shift and device; do not
+    modify the returned tensor.
+    """
+    return _cached_mask(height, width, window_size, shift_size, torch.device(device or 'cpu'))
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """(B, H, W, C) → (B, nW, ws·ws, C), windows in row-major order as Swin orders them."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window_size, window_size, width // window_size, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, -1, window_size * window_size, channels)
+
+
+def window_merge(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``window_partition``: (B, nW, ws·ws, C) → (B, H, W, C)."""
+    batch, channels = windows.shape[0], windows.shape[-1]
+    x = windows.view(batch, height // window_size, width // window_size, window_size, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
+
+
+def _merge_windows_into_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, nW, heads, N, d) → (B, nW·heads, N, d): 4-D, so PyTorch's fused CPU attention kernel takes it."""
+    return x.flatten(1, 2)
+
+
+def _combined_bias(position_bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(1, heads, N, N) without a mask, else (1, nW·heads, N, N): bias + mask, broadcast over the batch."""
+    if mask is None:
+        return position_bias.unsqueeze(0)
+    return (position_bias.unsqueeze(0) + mask.unsqueeze(1)).flatten(0, 1).unsqueeze(0)
+
+
+class _FusedBiasedAttention(torch.autograd.Function):
+    """Window attention whose additive bias needs a gradient, on CPU, without keeping attention matrices.
+
+    PyTorch's fused CPU kernel does not differentiate ``attn_mask`` and falls back to the unfused path, which keeps
+    the (N × N) attention weights of every window and head for backward. This function runs the fused kernel forward
+    (keeping q, k, v, the output and the log-sum-exp) and recomputes the weights window by window in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, position_bias, mask, scale):
+        bias = _combined_bias(position_bias, mask).to(q.dtype)
+        shapes = q.shape, k.shape
+        q4, k4, v4 = (_merge_windows_into_heads(t) if mask is not None else t.flatten(0, 1) for t in (q, k, v))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q4, k4, v4, attn_mask=bias,
+                                                                              scale=scale)
+        ctx.save_for_backward(q4, k4, v4, out, lse, position_bias, mask)
+        ctx.scale, ctx.shapes, ctx.has_mask = scale, shapes, mask is not None
+        return out.view(shapes[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, position_bias, mask = ctx.saved_tensors
+        grad_out = grad_out.reshape(out.shape)
+        bias = _combined_bias(position_bias, mask if ctx.has_mask else None).to(q.dtype)
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(ctx.scale).add_(bias)
+        probs = scores.sub_(lse.unsqueeze(-1).to(scores.dtype)).exp_()
+        grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
+        grad_probs = torch.matmul(grad_out, v.transpose(-2, -1))
+        delta = (grad_out * out).sum(-1, keepdim=True)
+        grad_scores = probs.mul_(grad_probs.sub_(delta))
+        grad_q = torch.matmul(grad_scores, k).mul_(ctx.scale)
+        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q).mul_(ctx.scale)
+        heads = position_bias.shape[0]
+        grad_bias = grad_scores.reshape(-1, heads, *grad_scores.shape[-2:]).sum(0).to(position_bias.dtype)
+        q_shape, k_shape = ctx.shapes
+        return grad_q.view(q_shape), grad_k.view(k_shape), grad_v.view(k_shape), grad_bias, None, None
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_bias: torch.Tensor,
+                     mask: Optional[torch.Tensor], scale: float, dropout_p: float = 0.) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + position_bias + mask)·v over windows.
+
+    Args:
+        q: (B, nW, heads, N, d) queries; k, v: (B, nW, heads, M, d) keys and values (M = N for self-attention).
+        position_bias: (heads, N, M) relative-position bias.
+        mask: (nW, N, M) additive shifted-window mask, or None.
+    Returns:
+        (B, nW, heads, N, d).
+    """
+    needs_bias_grad = position_bias.requires_grad and torch.is_grad_enabled()
+    if (needs_bias_grad and q.device.type == 'cpu' and not dropout_p and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling()):
+        return _FusedBiasedAttention.apply(q, k, v, position_bias, mask, scale)
+    shape = q.shape
+    bias = _combined_bias(position_bias, mask).to(q.dtype)
+    if mask is None:
+        q, k, v = (t.flatten(0, 1) for t in (q, k, v))
+    else:
+        q, k, v = (_merge_windows_into_heads(t) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, dropout_p=dropout_p)
+    return out.view(shape)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias (official parameter names).
+
+    Args:
+        dim: Token width.
+        window_size: Side of the square windows.
+        num_heads: Attention heads; ``dim`` need not be divisible by it (DRCT uses floor(dim / heads) per head).
+        qkv_bias: Bias on the query/key/value projection.
+        qk_scale: Score scale; default ``head_dim ** -0.5``.
+        attn_drop: Dropout on the attention weights (training only).
+        proj_drop: Dropout after the output projection.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None, attn_drop: float = 0., proj_drop: float = 0.):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer('relative_position_index', relative_position_index(window_size), persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def position_bias(self) -> torch.Tensor:
+        """The relative-position bias (heads, N, N) gathered from the table."""
+        tokens = self.window_size * self.window_size
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, nW, N, C) windows of N tokens; mask: (nW, N, N) additive, or None."""
+        batch, windows, tokens, _ = x.shape
+        qkv = self.qkv(x).view(batch, windows, tokens, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv.unbind(0)
+        x = window_attention(q, k, v, self.position_bias(), mask, self.scale,
+                             dropout_p=self.attn_drop if self.training else 0.)
+        x = x.transpose(2, 3).reshape(batch, windows, tokens, -1)
+        return self.proj_drop(self.proj(x))
+
+
+class SwinIRBlock(nn.Module):
+    """The Swin Transformer layer of SwinIR and DRCT: (shifted) window attention, then an MLP, both pre-norm residual.
+
+    Tokens come as (B, H·W, C) with the grid size given to ``forward``. ``input_resolution`` is the training size
+    (official ``img_size``); when it is not larger than the window, the block keeps its whole input as one window
+    and does not shift, as the official layer does.
+    """
+
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, window_size: int = 7,
+                 shift_size: int = 0, mlp_ratio: float = 4., qkv_bias: bool = True, qk_scale: Optional[float] = None,
+                 drop: float = 0., attn_drop: float = 0., drop_path: float = 0., act_layer=nn.GELU,
+                 norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = tuple(input_resolution)
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.mlp_ratio = mlp_ratio
+        if min(self.input_resolution) <= window_size:
+            self.shift_size = 0
+            self.window_size = min(self.input_resolution)
+        if not 0 <= self.shift_size < self.window_size:
+            raise ValueError(f'shift_size={shift_size} must lie in [0, window_size={self.window_size})')
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                                    attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+    def window_mask(self, x_size: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
+        """The shifted-window mask for a token grid of ``x_size``, or None for an unshifted block."""
+        if not self.shift_size:
+            return None
+        return shifted_window_mask(x_size[0], x_size[1], self.window_size, self.shift_size, device)
+
+    def attend(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
+        """Window attention over tokens (B, H·W, C) that are already normalised; returns (B, H·W, C)."""
+        height, width = x_size
+        batch, _, channels = x.shape
+        x = x.view(batch, height, width, channels)
+        shift = self.shift_size
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = self.attn(window_partition(x, self.window_size), self.window_mask(x_size, x.device))
+        x = window_merge(windows, self.window_size, height, width)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x.reshape(batch, height * width, channels)
+
+    def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attend(self.norm1(x), x_size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, '
+                f'shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}')

@@ -1,0 +1,87 @@
+"""Window attention of the SR transformers: values and gradients against a direct reference, mask caching."""
+import pytest
+import torch
+
+from densezoo.layers.window_attention import (MASK_VALUE, shifted_window_mask, window_attention, window_merge,
+                                               window_partition)
+
+
+def _reference(q, k, v, position_bias, mask, scale):
+    """softmax(q kᵀ·scale + bias + mask) v, written out (the official computation)."""
+    scores = q @ k.transpose(-2, -1) * scale + position_bias
+    if mask is not None:
+        scores = scores + mask[None, :, None]
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize('shifted', [False, True])
+@pytest.mark.parametrize('grad_mode', ['train', 'infer'])
+def test_values_and_gradients_match_the_reference(shifted, grad_mode):
+    generator = torch.Generator().manual_seed(0)
+    batch, windows, heads, tokens, dim = 2, 4, 3, 16, 5
+    q, k, v = (torch.randn(batch, windows, heads, tokens, dim, generator=generator, requires_grad=True)
+               for _ in range(3))
+    bias = (torch.randn(heads, tokens, tokens, generator=generator) * 0.5).requires_grad_()
+    mask = shifted_window_mask(8, 8, 4, 2) if shifted else None
+    expected = _reference(q, k, v, bias, mask, 0.3)
+    if grad_mode == 'infer':
+        with torch.no_grad():
+            torch.testing.assert_close(window_attention(q, k, v, bias, mask, 0.3), expected, rtol=0, atol=1e-6)
+        return
+    out = window_attention(q, k, v, bias, mask, 0.3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    upstream = torch.randn(out.shape, generator=generator)
+    grads = torch.autograd.grad(out, (q, k, v, bias), upstream)
+    expected_grads = torch.autograd.grad(expected, (q, k, v, bias), upstream)
+    for got, want, name in zip(grads, expected_grads, 'qkvb'):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6, msg=name)
+
+
+def test_training_keeps_no_attention_matrices():
+    """The saved tensors for backward are q, k, v, output and log-sum-exp (tokens × dims), not tokens²."""
+    batch, windows, heads, tokens, dim = 1, 4, 2, 64, 8
+    q, k, v = (torch.randn(batch, windows, heads, tokens, dim, requires_grad=True) for _ in range(3))
+    bias = torch.zeros(heads, tokens, tokens, requires_grad=True)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        window_attention(q, k, v, bias, shifted_window_mask(16, 16, 8, 4), 0.5)
+    per_window_matrices = [t for t in saved if t.numel() >= batch * windows * heads * tokens * tokens]
+    assert not per_window_matrices, [tuple(t.shape) for t in per_window_matrices]
+
+
+def test_masks_are_official_and_cached():
+    mask = shifted_window_mask(8, 8, 4, 2)
+    assert mask.shape == (4, 16, 16) and set(mask.unique().tolist()) == {0.0, MASK_VALUE}
+    assert shifted_window_mask(8, 8, 4, 2) is mask  # built once per size, window, shift and device
+    # the first window of an 8x8 grid shifted by 2 lies in one region: no masking
+    assert not mask[0].any()
+    # the last window mixes four regions: token 0 (top-left) and token 15 (bottom-right) are apart
+    assert mask[3, 0, 15] == MASK_VALUE and mask[3, 0, 1] == 0
+
+
+def test_window_partition_round_trip():
+    x = torch.randn(2, 8, 12, 3)
+    windows = window_partition(x, 4)
+    assert windows.shape == (2, 6, 16, 3)
+    assert torch.equal(windows[0, 1], x[0, :4, 4:8].reshape(16, 3))  # row-major window order
+    assert torch.equal(window_merge(windows, 4, 8, 12), x)
+
+
+def test_cross_attention_to_larger_windows():
+    """HAT's overlapping cross-attention: N queries per window attend to M > N keys; gradients as the reference."""
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, 2, 16, 4, generator=generator, requires_grad=True)
+    k, v = (torch.randn(2, 3, 2, 36, 4, generator=generator, requires_grad=True) for _ in range(2))
+    bias = torch.randn(2, 16, 36, generator=generator).requires_grad_()
+    out = window_attention(q, k, v, bias, None, 0.5)
+    expected = _reference(q, k, v, bias, None, 0.5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    upstream = torch.randn(out.shape, generator=generator)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v, bias), upstream),
+                         torch.autograd.grad(expected, (q, k, v, bias), upstream)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
