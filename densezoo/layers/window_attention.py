@@ -23,7 +23,7 @@ from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import get_relative_position_index
 
 __all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_attention',
-           'WindowAttention',
+           'WindowAttention', 'LeanMlp',
            'SwinIRBlock', 'MASK_VALUE']
 
 #: Additive attention score between tokens of different shifted regions (the official value, not -inf).
@@ -195,6 +195,40 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+class _GeluLinear(torch.autograd.Function):
+    """linear(gelu(u)) that keeps u only: the activation is recomputed in backward instead of being stored."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias):
+        ctx.save_for_backward(hidden, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(hidden), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight = ctx.saved_tensors
+        activated = F.gelu(hidden).to(grad_out.dtype)  # under autocast the forward ran in a lower precision
+        grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_weight = grad_flat.t().mm(activated.reshape(-1, activated.shape[-1])).to(weight.dtype)
+        grad_bias = grad_flat.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_hidden = torch.ops.aten.gelu_backward(grad_out.matmul(weight.to(grad_out.dtype)).to(hidden.dtype),
+                                                   hidden)
+        return grad_hidden, grad_weight, grad_bias
+
+
+class LeanMlp(Mlp):
+    """timm's ``Mlp`` (same parameters: ``fc1``, ``fc2``) that stores one hidden-size activation instead of two in
+    training (GELU is recomputed in backward); the same outputs and gradients."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lean = (torch.is_grad_enabled() and isinstance(self.act, nn.GELU) and self.act.approximate == 'none'
+                and isinstance(self.norm, nn.Identity) and not (self.training and self.drop1.p)
+                and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+        if not lean:
+            return super().forward(x)
+        return self.drop2(_GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias))
+
+
 class SwinIRBlock(nn.Module):
     """The Swin Transformer layer of SwinIR and DRCT: (shifted) window attention, then an MLP, both pre-norm residual.
 
@@ -224,7 +258,7 @@ class SwinIRBlock(nn.Module):
                                     attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.mlp = LeanMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
     def window_mask(self, x_size: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
         """The shifted-window mask for a token grid of ``x_size``, or None for an unshifted block."""

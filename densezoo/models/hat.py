@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import Mlp
 from timm.models import generate_default_cfgs
 
 from densezoo.layers.channel_attention import ChannelAttention
-from densezoo.layers.window_attention import (SwinIRBlock, relative_position_index, window_attention,
+from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, relative_position_index, window_attention,
                                               window_merge, window_partition)
 from densezoo.models._sr import (WindowSRTransformer, connected_sr_cfgs, map_to_tokens, register_sr_models,
                                  register_window_family, residual_conv, sr_cfg, tokens_to_map)
@@ -132,7 +131,7 @@ class OCAB(nn.Module):
                              overlap_position_index(window_size, self.overlap_win_size) % table, persistent=False)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = LeanMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
 
     def position_bias(self) -> torch.Tensor:

@@ -85,3 +85,28 @@ def test_cross_attention_to_larger_windows():
     for got, want in zip(torch.autograd.grad(out, (q, k, v, bias), upstream),
                          torch.autograd.grad(expected, (q, k, v, bias), upstream)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize('amp', [False, True])
+def test_lean_mlp_equals_timm_mlp_and_keeps_less(amp):
+    from timm.layers import Mlp
+
+    from densezoo.layers.window_attention import LeanMlp
+    torch.manual_seed(0)
+    lean, plain = LeanMlp(8, 16), Mlp(8, 16)
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    counts = []
+    for mlp in (lean, plain):
+        saved = []
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = mlp(x)
+        counts.append(len(saved))
+        out.float().square().sum().backward()
+    if not amp:
+        torch.testing.assert_close(lean(x), plain(x), rtol=0, atol=0)
+    tol = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(lean.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, **tol, msg=name)
+    assert counts[0] < counts[1]
