@@ -56,3 +56,24 @@ def scale_preserving_weights(model: nn.Module, seed: int = 0) -> nn.Module:
             else:
                 param.copy_(0.02 * noise)
     return model
+
+
+def one_line(exc_info) -> str:
+    """The message of a ``pytest.raises`` result, asserted to be a single line."""
+    message = str(exc_info.value)
+    assert '\n' not in message, message
+    return message
+
+
+def assert_checkpointing_keeps_gradients(model: nn.Module, x: torch.Tensor) -> None:
+    """Gradients with ``set_grad_checkpointing()`` equal those without (and reach every parameter)."""
+    model.train()
+    model(x).square().mean().backward()
+    expected = {name: param.grad.clone() for name, param in model.named_parameters()}
+    assert all(grad.abs().sum() > 0 for grad in expected.values())
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).square().mean().backward()
+    model.set_grad_checkpointing(False)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -27,7 +27,8 @@ from densezoo.layers.window_attention import shifted_window_mask
 from densezoo.models.connect import ConnectedStage, StageFamily, connect, register_family
 
 __all__ = ['SRModel', 'WindowSRTransformer', 'ConnectedWindowSR', 'checkpoint_filter_fn', 'sr_cfg', 'RGB_MEAN',
-           'register_window_family', 'connected_sr_cfgs', 'create_sr_model', 'register_sr_models', 'unwrap_checkpoint']
+           'register_window_family', 'connected_sr_cfgs', 'create_sr_model', 'register_sr_models', 'unwrap_checkpoint',
+           'check_pixelshuffle_only', 'residual_conv', 'tokens_to_map', 'map_to_tokens']
 
 _logger = logging.getLogger(__name__)
 
@@ -206,6 +207,17 @@ class PatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.flatten(2).transpose(1, 2))
+
+
+def check_pixelshuffle_only(family: str, upsampler: str, resi_connection: str) -> None:
+    """DRCT and HAT reconstruct only with 'pixelshuffle' (the official models return their input unchanged for any
+    other upsampler) and close groups with '1conv' or 'identity'; raise a one-line error for anything else."""
+    if upsampler != 'pixelshuffle':
+        raise ValueError(f"upsampler={upsampler!r} is not supported by {family}; it reconstructs with 'pixelshuffle' "
+                         f"only (the official model returns its input unchanged otherwise)")
+    if resi_connection not in ('1conv', 'identity'):
+        raise ValueError(f"resi_connection={resi_connection!r} is not supported by {family}; use '1conv' or "
+                         f"'identity'")
 
 
 def residual_conv(dim: int, resi_connection: str) -> nn.Module:

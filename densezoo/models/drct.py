@@ -23,8 +23,8 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from densezoo.layers.window_attention import SwinIRBlock
-from densezoo.models._sr import (WindowSRTransformer, connected_sr_cfgs, register_sr_models, register_window_family,
-                                 sr_cfg)
+from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, register_sr_models,
+                                 register_window_family, sr_cfg)
 
 __all__ = ['DRCT', 'RDG']
 
@@ -90,12 +90,7 @@ class DRCT(WindowSRTransformer):
                  overlap_ratio=0.5, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
                  drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True, use_checkpoint=False,
                  upscale=2, img_range=1., upsampler='', resi_connection='1conv', gc=32):
-        if upsampler != 'pixelshuffle':
-            raise ValueError(f"upsampler={upsampler!r} is not supported by DRCT; it reconstructs with "
-                             f"'pixelshuffle' only")
-        if resi_connection not in ('1conv', 'identity'):
-            raise ValueError(f"resi_connection={resi_connection!r} is not supported by DRCT; use '1conv' or "
-                             f"'identity'")
+        check_pixelshuffle_only('DRCT', upsampler, resi_connection)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          window_size=window_size, upscale=upscale, img_range=img_range, upsampler=upsampler,
                          resi_connection=resi_connection, norm_layer=norm_layer, patch_norm=patch_norm, ape=ape,

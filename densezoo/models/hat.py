@@ -40,8 +40,8 @@ from timm.models import generate_default_cfgs
 from densezoo.layers.channel_attention import ChannelAttention
 from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, relative_position_index, window_attention,
                                               window_merge, window_partition)
-from densezoo.models._sr import (WindowSRTransformer, connected_sr_cfgs, map_to_tokens, register_sr_models,
-                                 register_window_family, residual_conv, sr_cfg, tokens_to_map)
+from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, map_to_tokens,
+                                 register_sr_models, register_window_family, residual_conv, sr_cfg, tokens_to_map)
 
 __all__ = ['HAT', 'RHAG', 'HATLayer', 'HAB', 'OCAB', 'CAB', 'overlap_position_index']
 
@@ -237,12 +237,7 @@ class HAT(WindowSRTransformer):
                  overlap_ratio=0.5, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
                  drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True, use_checkpoint=False,
                  upscale=2, img_range=1., upsampler='', resi_connection='1conv'):
-        if upsampler != 'pixelshuffle':
-            raise ValueError(f"upsampler={upsampler!r} is not supported by HAT; it reconstructs with 'pixelshuffle' "
-                             f"only (the official model returns its input unchanged otherwise)")
-        if resi_connection not in ('1conv', 'identity'):
-            raise ValueError(f"resi_connection={resi_connection!r} is not supported by HAT; use '1conv' or "
-                             f"'identity'")
+        check_pixelshuffle_only('HAT', upsampler, resi_connection)
         if len(depths) != len(num_heads):
             raise ValueError(f'depths ({len(depths)} groups) and num_heads ({len(num_heads)} groups) must have the '
                              f'same length')

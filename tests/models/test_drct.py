@@ -13,7 +13,7 @@ from timm.layers import DropPath
 
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.drct import DRCT
-from tests.helpers import load_fixture, perturb_connections, scale_preserving_weights
+from tests.helpers import assert_checkpointing_keeps_gradients, load_fixture, perturb_connections, scale_preserving_weights
 
 OFFICIAL_COUNTS = {'drct_x2': 13_991_867, 'drct_x3': 14_176_507, 'drct_x4': 14_139_579,
                    'drct_l_x2': 27_433_007, 'drct_l_x3': 27_617_647, 'drct_l_x4': 27_580_719}
@@ -111,13 +111,4 @@ def test_connected_variants_start_as_the_plain_model(kind):
 
 def test_gradients_with_and_without_checkpointing():
     torch.manual_seed(0)
-    model = scale_preserving_weights(DRCT(upscale=2, **SMALL))
-    x = torch.rand(1, 3, 8, 8)
-    model(x).square().mean().backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert all(g.abs().sum() > 0 for g in expected.values())
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).square().mean().backward()
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_checkpointing_keeps_gradients(scale_preserving_weights(DRCT(upscale=2, **SMALL)), torch.rand(1, 3, 8, 8))

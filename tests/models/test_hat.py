@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.hat import HAT, OCAB, overlap_position_index
-from tests.helpers import perturb_connections
+from tests.helpers import one_line, perturb_connections
 
 FIXTURE = Path(__file__).resolve().parent.parent / 'fixtures' / 'hat_x4.pt'
 DERIVED = ('relative_position_index_SA', 'relative_position_index_OCA')
@@ -170,23 +170,17 @@ def test_backward_with_gradient_checkpointing():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def _one_line_error(exc_info) -> str:
-    message = str(exc_info.value)
-    assert '\n' not in message
-    return message
-
-
 def test_wrong_channel_count(official):
     with pytest.raises(ValueError) as err:
         official(torch.rand(1, 1, 16, 16))
-    assert 'expected 3 input channels, got 1' in _one_line_error(err)
+    assert 'expected 3 input channels, got 1' in one_line(err)
 
 
 @pytest.mark.parametrize('upsampler', ['', 'pixelshuffledirect', 'nearest+conv'])
 def test_unsupported_upsampler(upsampler):
     with pytest.raises(ValueError) as err:
         HAT(**{**SMALL, 'upsampler': upsampler})
-    assert f'upsampler={upsampler!r}' in _one_line_error(err) and 'pixelshuffle' in str(err.value)
+    assert f'upsampler={upsampler!r}' in one_line(err) and 'pixelshuffle' in str(err.value)
 
 
 @pytest.mark.parametrize('options, words', [
@@ -199,7 +193,7 @@ def test_unsupported_upsampler(upsampler):
 def test_bad_configuration(options, words):
     with pytest.raises(ValueError) as err:
         HAT(**{**SMALL, **options})
-    assert words in _one_line_error(err)
+    assert words in one_line(err)
 
 
 @pytest.mark.parametrize('scale, words', [
@@ -210,7 +204,7 @@ def test_checkpoint_of_another_scale(fixture, kwargs, tmp_path, scale, words):
     model = HAT(**{**kwargs, 'upscale': scale})
     with pytest.raises(ValueError) as err:
         checkpoint_filter_fn(fixture['state_dict'], model)
-    message = _one_line_error(err)
+    message = one_line(err)
     assert all(word in message for word in words), message
     path = tmp_path / 'hat_x4.pth'
     torch.save({'params_ema': fixture['state_dict']}, path)

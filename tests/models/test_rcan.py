@@ -9,6 +9,7 @@ import timm
 import torch
 
 from densezoo.models.rcan import RCAB, RCAN, checkpoint_filter_fn
+from tests.helpers import assert_checkpointing_keeps_gradients, one_line
 
 FIXTURE = Path(__file__).resolve().parent.parent / 'fixtures' / 'rcan_x4.pt'
 #: the fixture's architecture (num_in_ch, num_out_ch, squeeze_factor, res_scale, img_range, rgb_mean at defaults)
@@ -198,37 +199,23 @@ def test_odd_non_square_batch(scale):
 
 def test_grad_checkpointing_gives_the_same_gradients(fixture):
     data, kwargs = fixture
-    model = _load(RCAN(**kwargs), data['state_dict']).train()
-    x = data['input'][..., :8, :6]
-    model(x).square().mean().backward()
-    plain = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.set_grad_checkpointing()
-    model(x).square().mean().backward()
-    for a, p in zip(plain, model.parameters()):
-        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-6)
+    assert_checkpointing_keeps_gradients(_load(RCAN(**kwargs), data['state_dict']), data['input'][..., :8, :6])
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # one-line errors
 
-def _one_line(info) -> str:
-    message = str(info.value)
-    assert '\n' not in message
-    return message
-
-
 def test_wrong_channel_count():
     model = RCAN(**SMALL)
     with pytest.raises(ValueError, match='expected 3 input channels, got 1') as info:
         model(torch.rand(1, 1, 8, 8))
-    _one_line(info)
+    one_line(info)
 
 
 def test_unsupported_scale():
     with pytest.raises(ValueError, match='upscale=5 is not supported by RCAN') as info:
         RCAN(upscale=5, **SMALL)
-    _one_line(info)
+    one_line(info)
     with pytest.raises(ValueError, match='upscale=5'):
         timm.create_model('rcan_x4', upscale=5, **SMALL)
 
@@ -248,7 +235,7 @@ def test_checkpoint_of_another_scale(fixture, tmp_path):
     with pytest.raises(ValueError, match=r'upsample\.0\.weight has shape 288x32x3x3 in the checkpoint and '
                                          r'128x32x3x3 in the model') as info:
         checkpoint_filter_fn(x3, RCAN(upscale=4, **SMALL))
-    _one_line(info)
+    one_line(info)
     with pytest.raises(ValueError, match=r'lacks upsample\.2\.weight'):
         checkpoint_filter_fn(RCAN(upscale=2, **SMALL).state_dict(), RCAN(upscale=4, **SMALL))
     path = tmp_path / 'rcan_x3.pth'

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.rdn import RDN
+from tests.helpers import assert_checkpointing_keeps_gradients, one_line
 
 #: a small configuration: D=3 blocks, C=2 layers, G=8, G0=16
 SMALL = dict(num_blocks=3, num_layers=2, growth_rate=8, num_features=16)
@@ -161,36 +162,22 @@ def test_registered_models_through_timm():
 
 
 def test_grad_checkpointing_gives_the_same_gradients():
-    model = randomise(RDN(upscale=2, **SMALL), seed=3).train()
-    x = torch.rand(1, 3, 6, 6)
-    model(x).square().mean().backward()
-    plain = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.set_grad_checkpointing()
-    model(x).square().mean().backward()
-    for a, p in zip(plain, model.parameters()):
-        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-6)
+    assert_checkpointing_keeps_gradients(randomise(RDN(upscale=2, **SMALL), seed=3), torch.rand(1, 3, 6, 6))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # one-line errors
 
-def _one_line(info) -> str:
-    message = str(info.value)
-    assert '\n' not in message
-    return message
-
-
 def test_wrong_channel_count():
     with pytest.raises(ValueError, match='expected 3 input channels, got 4') as info:
         RDN(**SMALL)(torch.rand(1, 4, 8, 8))
-    _one_line(info)
+    one_line(info)
 
 
 def test_unsupported_scale():
     with pytest.raises(ValueError, match='upscale=5 is not supported by the RDN upsampler') as info:
         RDN(upscale=5, **SMALL)
-    _one_line(info)
+    one_line(info)
     with pytest.raises(ValueError, match='upscale=5'):
         timm.create_model('rdn_x4', upscale=5, **SMALL)
 
@@ -213,7 +200,7 @@ def test_checkpoint_of_another_scale(tmp_path):
     with pytest.raises(ValueError, match=r'UPNet\.0\.weight has shape 72x16x3x3 in the checkpoint and 32x16x3x3 in '
                                          r'the model') as info:
         checkpoint_filter_fn(x3, RDN(upscale=4, **SMALL))
-    _one_line(info)
+    one_line(info)
     with pytest.raises(ValueError, match=r'UPNet\.2\.weight has shape 3x8x3x3 in the checkpoint and 32x8x3x3'):
         checkpoint_filter_fn(RDN(upscale=2, **SMALL).state_dict(), RDN(upscale=4, **SMALL))
     path = tmp_path / 'rdn_x3.pt'

@@ -15,7 +15,7 @@ import densezoo
 from densezoo.layers.window_attention import relative_position_index, shifted_window_mask
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.swinir import SwinIR
-from tests.helpers import load_fixture, perturb_connections, scale_preserving_weights
+from tests.helpers import assert_checkpointing_keeps_gradients, load_fixture, perturb_connections, scale_preserving_weights
 
 FIXTURES = ['swinir_classical_x2.pt', 'swinir_lightweight_x3.pt', 'swinir_realsr_x4.pt', 'swinir_denoise_1conv.pt',
             'swinir_denoise_3conv.pt']
@@ -212,14 +212,7 @@ def test_connected_variants_start_as_the_plain_model(kind):
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = scale_preserving_weights(SwinIR(upscale=2, upsampler='pixelshuffledirect', drop_path_rate=0., **SMALL))
-    x = torch.rand(2, 3, 8, 12)
-    model(x).square().mean().backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).square().mean().backward()
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_checkpointing_keeps_gradients(model, torch.rand(2, 3, 8, 12))
 
 
 def test_training_and_inference_paths_agree():
