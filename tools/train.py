@@ -3,6 +3,7 @@
 
     python tools/train.py configs/demo/swin_digits.yaml
     python tools/train.py configs/demo/swin_digits.yaml --opt optim.lr=5e-4 data.batch_size=32
+    python tools/train.py configs/demo/swinir_light_x2_sr.yaml                # super-resolution (task: sr)
     python tools/train.py --resume runs/swin_digits-20260101-120000          # continue a run where it stopped
     torchrun --nproc_per_node 2 tools/train.py configs/demo/swin_digits.yaml  # several processes (DDP)
 """
@@ -62,6 +63,10 @@ def main(argv=None) -> int:
         print(f'run folder: {result.run_dir}')
         print(f'training curve: {result.curve}')
         print(f'weights: {best}')
+        outputs = result.outputs
+        if 'comparison' in outputs:  # super-resolution: a crop of the first validation image
+            print(f"comparison: {outputs['comparison']} ({outputs['baseline_name']} {outputs['baseline_psnr']:.2f} dB, "
+                  f"model {outputs['model_psnr']:.2f} dB on {outputs['comparison_image']})")
     return 0
 
 

@@ -7,7 +7,24 @@ import torch
 
 from timm.data import create_transform
 
-__all__ = ['build_transform']
+__all__ = ['build_transform', 'seed_albumentations']
+
+
+def seed_albumentations(pipeline) -> None:
+    """Seed an albumentations ``Compose`` and each of its transforms from torch's RNG.
+
+    ``Compose.set_random_seed`` gives every transform the same seed, so transforms with the same probability would
+    all fire together or not at all; each gets its own seed here.
+    """
+    def draw() -> int:
+        return int(torch.randint(0, 2 ** 31 - 1, ()))
+
+    pipeline.set_random_seed(draw())
+    for transform in getattr(pipeline, 'transforms', ()):
+        if hasattr(transform, 'transforms'):
+            seed_albumentations(transform)
+        elif hasattr(transform, 'set_random_seed'):
+            transform.set_random_seed(draw())
 
 
 class AlbumentationsTransform:
@@ -21,7 +38,7 @@ class AlbumentationsTransform:
         self.pipeline = pipeline
 
     def __call__(self, image):
-        self.pipeline.set_random_seed(int(torch.randint(0, 2 ** 31 - 1, ())))
+        seed_albumentations(self.pipeline)
         return self.pipeline(image=np.asarray(image))['image']
 
     def __repr__(self) -> str:

@@ -64,6 +64,20 @@ class DataConfig:
     label_smoothing: float = 0.1
     corrupt_images: str = 'skip'  # 'skip' (warn, naming the file) or 'error'
     verify_images: bool = False  # open every image once before training
+    # super-resolution (task: sr): images in <root>/<split>/<hr_dir>, inputs in <root>/<split>/<lr_dir>
+    hr_dir: str = 'HR'
+    lr_dir: Optional[str] = None  # e.g. 'LR_bicubic/X{scale}'; null: made from HR by `degradation`
+    upscale: Optional[int] = None  # default: the model's `upscale`
+    lr_patch: int = 48  # training crop, in LR pixels (HR crop: lr_patch * upscale)
+    repeat: int = 1  # sr: passes over the training images per epoch (few large images: many crops per epoch)
+    degradation: str = 'bicubic'  # 'bicubic' (MATLAB imresize), 'noise' or 'jpeg' (the last two for upscale 1)
+    noise_sigma: float = 25.0  # Gaussian noise of degradation 'noise', on the 0..255 scale
+    jpeg_quality: int = 40  # quality of degradation 'jpeg'
+    rot90: bool = True  # random vertical flips and transposes (with hflip: all 8 symmetries)
+    channels: Optional[int] = None  # 3 or 1; default: the model's `in_chans`
+    grey: str = 'L'  # channels 1: 'L' (PIL luma) or 'Y' (MATLAB rgb2ycbcr Y)
+    val_y_channel: Optional[bool] = None  # PSNR / SSIM on Y; default: yes for upscale > 1, RGB for upscale 1
+    val_crop_border: Optional[int] = None  # pixels cut from each border before scoring; default: upscale
 
 
 @dataclass
@@ -88,6 +102,7 @@ class SchedConfig:
     min_lr: float = 0.0
     decay_milestones: Tuple[int, ...] = (90, 180, 270)
     decay_rate: float = 0.1
+    unit: str = 'epochs'  # what warmup_epochs and decay_milestones count: 'epochs' or 'steps' (optimizer steps)
 
 
 @dataclass
@@ -98,7 +113,7 @@ class TrainConfig:
     output: str = 'runs'
     seed: int = 0
     device: Optional[str] = None  # default: cuda when available
-    epochs: int = 10
+    epochs: Optional[int] = 10  # null: as many as max_steps needs
     max_steps: Optional[int] = None  # stop after this many optimizer steps
     accumulation_steps: int = 1
     amp: Optional[str] = None  # 'bf16' or 'fp16'
@@ -107,6 +122,8 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # optimizer steps between checkpoints (default: every epoch)
     eval_every: int = 1  # epochs
     log_every: int = 10  # optimizer steps
+    loss: Optional[str] = None  # sr: 'l1' (default), 'charbonnier' or 'mse'; classification: set by data options
+    charbonnier_eps: float = 1e-3
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -266,7 +283,10 @@ def _check(config: TrainConfig) -> None:
 
     require(bool(config.model.name), 'model.name is missing; set it to a timm or densezoo model name')
     require(bool(config.data.root), 'data.root is missing; set it to the dataset folder')
-    require(config.epochs >= 1, f'epochs={config.epochs} is not allowed; it must be at least 1')
+    require(config.epochs is not None or config.max_steps is not None,
+            'epochs is null and max_steps is not set; set one of them')
+    require(config.epochs is None or config.epochs >= 1,
+            f'epochs={config.epochs} is not allowed; it must be at least 1')
     require(config.accumulation_steps >= 1, f'accumulation_steps={config.accumulation_steps} must be at least 1')
     require(config.data.batch_size >= 1, f'data.batch_size={config.data.batch_size} must be at least 1')
     require(config.data.workers >= 0, f'data.workers={config.data.workers} must be 0 or more')
@@ -282,3 +302,28 @@ def _check(config: TrainConfig) -> None:
     require(config.checkpoint_every is None or config.checkpoint_every >= 1,
             f'checkpoint_every={config.checkpoint_every} must be at least 1')
     require(config.max_steps is None or config.max_steps >= 1, f'max_steps={config.max_steps} must be at least 1')
+    require(config.sched.unit in ('epochs', 'steps'),
+            f"sched.unit={config.sched.unit!r} is not allowed; use 'epochs' or 'steps'")
+    if config.task == 'sr':
+        _check_sr(config, require)
+    else:
+        require(config.loss is None, f"loss={config.loss!r} is only used by task sr; {config.task}'s loss follows "
+                                     f"data.label_smoothing, data.mixup and data.cutmix")
+
+
+def _check_sr(config: TrainConfig, require) -> None:
+    data = config.data
+    require(config.loss in (None, 'l1', 'charbonnier', 'mse'),
+            f"loss={config.loss!r} is not allowed; use l1, charbonnier or mse")
+    require(config.charbonnier_eps > 0, f'charbonnier_eps={config.charbonnier_eps} must be positive')
+    require(data.degradation in ('bicubic', 'noise', 'jpeg'),
+            f"data.degradation={data.degradation!r} is not allowed; use bicubic, noise or jpeg")
+    require(data.upscale is None or data.upscale >= 1, f'data.upscale={data.upscale} must be at least 1')
+    require(data.lr_patch >= 1, f'data.lr_patch={data.lr_patch} must be at least 1')
+    require(data.repeat >= 1, f'data.repeat={data.repeat} must be at least 1')
+    require(data.channels in (None, 1, 3), f'data.channels={data.channels} is not allowed; use 3, 1 or null')
+    require(data.grey in ('L', 'Y'), f"data.grey={data.grey!r} is not allowed; use 'L' or 'Y'")
+    require(1 <= data.jpeg_quality <= 100, f'data.jpeg_quality={data.jpeg_quality} must lie between 1 and 100')
+    require(data.noise_sigma >= 0, f'data.noise_sigma={data.noise_sigma} must be 0 or more')
+    require(data.val_crop_border is None or data.val_crop_border >= 0,
+            f'data.val_crop_border={data.val_crop_border} must be 0 or more')

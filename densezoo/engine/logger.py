@@ -2,11 +2,17 @@
 import csv
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ['RunLogger', 'plot_curves']
+__all__ = ['RunLogger', 'plot_curves', 'csv_fields']
 
-CSV_FIELDS = ['kind', 'epoch', 'step', 'lr', 'loss', 'top1', 'top5', 'images_per_s', 'elapsed_s']
+
+def csv_fields(metrics: Sequence[str] = ('top1', 'top5')) -> List[str]:
+    """The columns of ``log.csv`` for a task whose validation reports ``metrics``."""
+    return ['kind', 'epoch', 'step', 'lr', 'loss', *metrics, 'images_per_s', 'elapsed_s']
+
+
+CSV_FIELDS = csv_fields()  # classification's
 
 
 class RunLogger:
@@ -16,8 +22,10 @@ class RunLogger:
     is replayed) and purges TensorBoard events from that step on.
     """
 
-    def __init__(self, run_dir: Path, resume_step: Optional[int] = None, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, resume_step: Optional[int] = None, tensorboard: bool = True,
+                 metrics: Sequence[str] = ('top1', 'top5')):
         self.run_dir = run_dir
+        self.fields = csv_fields(metrics)
         self.jsonl = run_dir / 'log.jsonl'
         self.csv = run_dir / 'log.csv'
         self.records: List[Dict] = []
@@ -35,7 +43,7 @@ class RunLogger:
         with open(self.jsonl, 'w') as f:
             f.writelines(json.dumps(r) + '\n' for r in self.records)
         with open(self.csv, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction='ignore')
             writer.writeheader()
             writer.writerows(self.records)
 
@@ -46,7 +54,7 @@ class RunLogger:
         with open(self.jsonl, 'a') as f:
             f.write(json.dumps(record) + '\n')
         with open(self.csv, 'a', newline='') as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore').writerow(record)
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction='ignore').writerow(record)
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
@@ -74,7 +82,8 @@ def plot_curves(records: List[Dict], path: Path, metric: str) -> Path:
     ax_loss.set_ylabel('loss')
     ax_loss.legend()
     ax_metric.set_xlabel('optimizer step')
-    ax_metric.set_ylabel(f'validation {metric} (%)' if metric.startswith('top') else f'validation {metric}')
+    units = {'top1': ' (%)', 'top5': ' (%)', 'psnr': ' (dB)'}
+    ax_metric.set_ylabel(f'validation {metric}{units.get(metric, "")}')
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -56,6 +56,7 @@ class RunResult:
     best_step: Optional[int] = None
     metrics: Dict[str, float] = field(default_factory=dict)
     curve: Optional[Path] = None
+    outputs: Dict[str, object] = field(default_factory=dict)  # what the task wrote at the end (e.g. sample images)
 
 
 def _show_progress() -> bool:
@@ -106,10 +107,15 @@ class Trainer:
             self.model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum,
             layer_decay=optim.layer_decay, **optim.kwargs)
         sched = config.sched
+        # the schedule is updated every optimizer step; its times count epochs or, with unit 'steps', steps
+        if sched.unit == 'epochs':
+            per_unit, length = self.steps_per_epoch, self.epochs
+        else:
+            per_unit, length = 1, config.max_steps or self.epochs * self.steps_per_epoch
         self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=sched.name, num_epochs=config.epochs, warmup_epochs=sched.warmup_epochs,
+            self.optimizer, sched=sched.name, num_epochs=length, warmup_epochs=sched.warmup_epochs,
             warmup_lr=sched.warmup_lr, min_lr=sched.min_lr, decay_milestones=list(sched.decay_milestones),
-            decay_rate=sched.decay_rate, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
+            decay_rate=sched.decay_rate, step_on_epochs=False, updates_per_epoch=per_unit)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == 'fp16')
 
         self.train_model = self.model
@@ -128,7 +134,8 @@ class Trainer:
         resume_step = self._resume() if resume else None
         if resume_step is None:  # stochastic depth, dropout and mixup differ between processes from here
             seed_everything(config.seed * 1000 + self.dist.rank + 1)
-        self.logger = RunLogger(self.run_dir, resume_step=resume_step) if self.dist.is_main else None
+        self.logger = RunLogger(self.run_dir, resume_step=resume_step, metrics=self.task.log_metrics) \
+            if self.dist.is_main else None
 
     # ------------------------------------------------------------------------------------------------------------
     def _build_samplers(self) -> None:
@@ -143,11 +150,15 @@ class Trainer:
             raise TrainingError(
                 f'data.batch_size={cfg.data.batch_size} x accumulation_steps={cfg.accumulation_steps} is larger '
                 f'than the training set ({len(self.train_sampler)} images per process); lower them')
+        # epochs: null trains for as many epochs as max_steps needs
+        self.epochs = cfg.epochs or -(-cfg.max_steps // self.steps_per_epoch)
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
         workers = self.config.data.workers
+        training = sampler is self.train_sampler
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=sampler is self.train_sampler, pin_memory=self.device.type == 'cuda',
+                          drop_last=training, pin_memory=self.device.type == 'cuda',
+                          collate_fn=self.task.collate_fn(training),
                           generator=torch.Generator().manual_seed(self.config.seed),
                           multiprocessing_context='spawn' if workers and sys.platform == 'darwin' else None)
 
@@ -240,7 +251,7 @@ class Trainer:
         if self.progress and self.dist.is_main:
             from tqdm import tqdm
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // accumulation,
-                       desc=f'epoch {self.epoch + 1}/{cfg.epochs}', dynamic_ncols=True, leave=False)
+                       desc=f'epoch {self.epoch + 1}/{self.epochs}', dynamic_ncols=True, leave=False)
         window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
         for index, (inputs, targets) in enumerate(_batches(loader), start=self.batch_in_epoch):
             if index >= micro_batches:
@@ -309,7 +320,7 @@ class Trainer:
             self.logger.log('val', self.global_step, self.epoch, **metrics)
         if self.dist.is_main:
             shown = ', '.join(f'{k} {v:.4g}' for k, v in metrics.items() if k != 'count')
-            print(f'epoch {self.epoch + 1}/{self.config.epochs} step {self.global_step}: {shown}', flush=True)
+            print(f'epoch {self.epoch + 1}/{self.epochs} step {self.global_step}: {shown}', flush=True)
         return best
 
     def fit(self) -> RunResult:
@@ -318,9 +329,9 @@ class Trainer:
         if self.dist.is_main:
             print(f'run folder: {self.run_dir}', flush=True)
         try:
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.epochs:
                 completed = self._train_epoch()
-                final = not completed or self.epoch + 1 == cfg.epochs
+                final = not completed or self.epoch + 1 == self.epochs
                 best = self._validate() if final or (self.epoch + 1) % cfg.eval_every == 0 else False
                 if completed:
                     self.epoch += 1
@@ -331,8 +342,11 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
-        curve = None
+        curve, outputs = None, {}
         if self.dist.is_main:
             curve = plot_curves(self.logger.records, self.run_dir / 'curve.png', self.task.main_metric)
+            model = self.ema.module if self.ema is not None else self.model
+            model.eval()
+            outputs = self.task.finish(model, self.val_set, self.run_dir, self.device, self._autocast)
         return RunResult(run_dir=self.run_dir, steps=self.global_step, best_metric=self.best_metric,
-                         best_step=self.best_step, metrics=self.last_metrics, curve=curve)
+                         best_step=self.best_step, metrics=self.last_metrics, curve=curve, outputs=outputs)

@@ -1,9 +1,13 @@
 """The task interface of the training engine: one class per task, chosen by the config's ``task`` key."""
-from typing import Dict, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
 
+import timm
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from densezoo.registry import check_model_names
 
 __all__ = ['Task', 'register_task', 'create_task', 'TASKS']
 
@@ -21,6 +25,7 @@ class Task:
     name = ''
     main_metric = ''
     higher_is_better = True
+    log_metrics: Tuple[str, ...] = ()  # validation metrics written to log.csv (all go to log.jsonl)
 
     def __init__(self, config, dist):
         self.config = config
@@ -29,9 +34,26 @@ class Task:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def create_model(self, **extra) -> nn.Module:
+        """``timm.create_model`` of the config's model: its kwargs, drop-path rate and pretrained weights (timm's or
+        a local file through the model's checkpoint filter), plus ``extra`` arguments of the task."""
+        model_cfg = self.config.model
+        check_model_names([model_cfg.name])
+        kwargs = dict(model_cfg.kwargs)
+        if model_cfg.drop_path_rate is not None:
+            kwargs['drop_path_rate'] = model_cfg.drop_path_rate
+        if model_cfg.pretrained_file:
+            kwargs['pretrained_cfg_overlay'] = dict(file=model_cfg.pretrained_file)
+        pretrained = model_cfg.pretrained or bool(model_cfg.pretrained_file)
+        return timm.create_model(model_cfg.name, pretrained=pretrained, **kwargs, **extra)
+
     def build_datasets(self, model: nn.Module) -> Tuple[Dataset, Dataset]:
         """Training and validation datasets (both with a ``set_epoch`` method)."""
         raise NotImplementedError
+
+    def collate_fn(self, training: bool) -> Optional[Callable]:
+        """How the loaders batch samples (None: PyTorch's default)."""
+        return None
 
     def training_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -40,6 +62,12 @@ class Task:
     def evaluate(self, model: nn.Module, loader, device: torch.device, autocast) -> Dict[str, float]:
         """Metrics over the whole validation set, reduced over all processes."""
         raise NotImplementedError
+
+    def finish(self, model: nn.Module, val_set: Dataset, run_dir: Path, device: torch.device,
+               autocast) -> Dict[str, Any]:
+        """Called once at the end of a run (main process) with the final model (its EMA when there is one); may
+        write extra outputs into ``run_dir`` and returns what it wrote or measured (nothing by default)."""
+        return {}
 
 
 def create_task(config, dist) -> Task:

@@ -2,7 +2,6 @@
 from pathlib import Path
 from typing import Dict, Tuple
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, resolve_data_config
@@ -11,7 +10,6 @@ from torch import nn
 
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
 from densezoo.engine.distributed import all_reduce_sums
-from densezoo.registry import check_model_names
 from densezoo.tasks.base import Task, register_task
 
 __all__ = ['ClassificationTask']
@@ -22,6 +20,7 @@ class ClassificationTask(Task):
     """Classification on ``<data.root>/<split>/<class>/<image>`` folders."""
     name = 'classification'
     main_metric = 'top1'
+    log_metrics = ('top1', 'top5')
 
     def __init__(self, config, dist):
         super().__init__(config, dist)
@@ -41,15 +40,7 @@ class ClassificationTask(Task):
             self.criterion = nn.CrossEntropyLoss()
 
     def build_model(self) -> nn.Module:
-        model_cfg = self.config.model
-        check_model_names([model_cfg.name])
-        kwargs = dict(model_cfg.kwargs)
-        if model_cfg.drop_path_rate is not None:
-            kwargs['drop_path_rate'] = model_cfg.drop_path_rate
-        if model_cfg.pretrained_file:
-            kwargs['pretrained_cfg_overlay'] = dict(file=model_cfg.pretrained_file)
-        pretrained = model_cfg.pretrained or bool(model_cfg.pretrained_file)
-        return timm.create_model(model_cfg.name, pretrained=pretrained, num_classes=len(self.classes), **kwargs)
+        return self.create_model(num_classes=len(self.classes))
 
     def resolved_data_config(self, model: nn.Module) -> Dict:
         """timm's data settings of the model, with the config's overrides."""

@@ -1,0 +1,364 @@
+"""Super-resolution (and restoration) datasets: HR / LR image pairs, or HR images degraded on the fly.
+
+* Pairs: an HR folder and an LR folder, matched by file stem; the LR stem may carry the scale as DIV2K's does
+  (``0001.png`` <-> ``0001x2.png``). An image without a partner is a one-line ``DataError``.
+* HR only: the LR image is made on the fly, by MATLAB-compatible bicubic downscaling (``imresize``, rounded to
+  8-bit values like stored LR images), Gaussian noise (``degradation='noise'``, scale 1) or JPEG compression
+  (``degradation='jpeg'``, scale 1). The HR image is first cropped to a multiple of the scale.
+* Training (``lr_patch`` set): an aligned random crop, ``lr_patch`` LR pixels and ``lr_patch * scale`` HR pixels
+  square, then random flips / transposes applied alike to both (albumentations, with ``additional_targets``). For
+  bicubic degradation only the crop (plus a margin the kernel needs) is downscaled, which gives exactly the pixels
+  of downscaling the whole image: training sees the same LR data as with stored LR images, at a fraction of the cost.
+* Evaluation (``lr_patch=None``): whole images; the HR image is cropped to ``scale`` times the LR size.
+* Randomness (crop, flips, noise) is seeded per sample from (seed, epoch, index), as in ``ImageFolderDataset``,
+  so a resumed run sees exactly the samples of an uninterrupted one.
+* Unreadable images follow the same policy as ``ImageFolderDataset``: ``corrupt='skip'`` warns naming the file and
+  uses the next pair, ``'error'`` stops naming it.
+* ``channels=1`` loads grey images: ``grey='L'`` is PIL's luma (full range, as OpenCV's grey reading), ``'Y'`` the
+  studio-range Y of MATLAB's ``rgb2ycbcr`` (as the SR metrics use), rounded to 8-bit values.
+
+Samples are ``(lr, hr)`` float32 tensors (C, h, w) and (C, h * scale, w * scale) with values in [0, 1] (the noisy
+input of ``degradation='noise'`` is not clipped).
+"""
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, get_worker_info
+
+from densezoo.datasets.folder import DataError, _is_image, seeded_rng
+from densezoo.datasets.imresize import imresize
+from densezoo.datasets.transforms import seed_albumentations
+
+__all__ = ['SRPairedDataset', 'list_images', 'pair_images', 'load_image', 'degrade', 'collate_pairs',
+           'DEGRADATIONS', 'SR_AUGMENTATIONS']
+
+DEGRADATIONS = ('bicubic', 'noise', 'jpeg')
+#: albumentations transforms that keep LR and HR aligned (symmetries of the square)
+SR_AUGMENTATIONS = ('HorizontalFlip', 'VerticalFlip', 'Transpose', 'RandomRotate90', 'D4', 'SquareSymmetry')
+_MARGIN = 4  # LR pixels around a crop that bicubic downscaling of the crop needs (the kernel reaches 3)
+
+
+def list_images(folder: Path) -> List[Path]:
+    """The image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and _is_image(p.name))
+
+
+def _check_folder(folder: Path, kind: str) -> List[Path]:
+    if not folder.is_dir():
+        raise DataError(f'{kind} folder {str(folder)!r} does not exist')
+    images = list_images(folder)
+    if not images:
+        raise DataError(f'{kind} folder {str(folder)!r} has no images (.png .jpg .jpeg)')
+    return images
+
+
+def pair_images(hr_dir, lr_dir=None, scale: int = 1) -> List[Tuple[Path, Optional[Path]]]:
+    """(HR, LR) paths matched by stem; the LR stem may end in ``x{scale}`` (``0001.png`` <-> ``0001x2.png``).
+
+    Without ``lr_dir`` the LR paths are None. Raises a one-line ``DataError`` for missing or empty folders and for
+    the first image that has no partner.
+    """
+    hr_dir = Path(hr_dir)
+    hr_images = _check_folder(hr_dir, 'HR')
+    if lr_dir is None:
+        return [(path, None) for path in hr_images]
+    lr_dir = Path(lr_dir)
+    lr_images = _check_folder(lr_dir, 'LR')
+    lr_by_stem: Dict[str, Path] = {}
+    suffix = f'x{scale}'
+    for path in lr_images:
+        stem = path.stem
+        key = stem[:-len(suffix)] if stem.lower().endswith(suffix) and len(stem) > len(suffix) else stem
+        lr_by_stem.setdefault(key, path)
+        lr_by_stem.setdefault(stem, path)
+    pairs, used = [], set()
+    for path in hr_images:
+        partner = lr_by_stem.get(path.stem)
+        if partner is None:
+            raise DataError(f'HR image {path.name!r} has no LR partner ({path.stem}.* or {path.stem}{suffix}.*); '
+                            f'HR folder {str(hr_dir)!r}, LR folder {str(lr_dir)!r}')
+        pairs.append((path, partner))
+        used.add(partner)
+    for path in lr_images:
+        if path not in used:
+            raise DataError(f'LR image {path.name!r} has no HR partner; LR folder {str(lr_dir)!r}, '
+                            f'HR folder {str(hr_dir)!r}')
+    return pairs
+
+
+def load_image(path: Path, channels: int = 3, grey: str = 'L') -> np.ndarray:
+    """An image file as float32 (H, W, C) in [0, 1]; 1 channel: PIL's 'L' luma or MATLAB's Y (``grey``)."""
+    with Image.open(path) as img:
+        if channels == 3:
+            return np.asarray(img.convert('RGB'), dtype=np.float32) / 255
+        if grey == 'L':
+            return np.asarray(img.convert('L'), dtype=np.float32)[..., None] / 255
+        rgb = np.asarray(img.convert('RGB'), dtype=np.float64)
+    y = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
+    return (np.round(y) / 255).astype(np.float32)[..., None]
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+def degrade(hr: np.ndarray, kind: str = 'bicubic', scale: int = 1, noise_sigma: float = 25.0,
+            jpeg_quality: int = 40) -> np.ndarray:
+    """The LR input for an HR image (H, W, C) float in [0, 1]. Noise draws from torch's global RNG.
+
+    Bicubic: MATLAB's ``imresize`` of the 8-bit image (as it was made for the released LR images): the HR values are
+    taken as 8-bit levels and the result is rounded to 8-bit levels.
+    """
+    if kind == 'bicubic':
+        if scale == 1:
+            return hr.copy()
+        lr = imresize(np.round(hr.astype(np.float64) * 255), 1 / scale)
+        return (np.clip(np.round(lr), 0, 255) / 255).astype(np.float32)
+    if kind == 'noise':
+        noise = torch.randn(hr.shape, dtype=torch.float32).numpy() * (noise_sigma / 255)
+        return (hr + noise).astype(np.float32)
+    if kind == 'jpeg':
+        pixels = _to_uint8(hr)
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        buffer = io.BytesIO()
+        image.save(buffer, format='JPEG', quality=int(jpeg_quality))
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            out = np.asarray(decoded, dtype=np.float32) / 255
+        return out[..., None] if out.ndim == 2 else out
+    raise ValueError(f'degradation {kind!r} is not known; use one of {", ".join(DEGRADATIONS)}')
+
+
+def collate_pairs(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
+    """Collate whole images of different sizes: a tuple of LR tensors and a tuple of HR tensors."""
+    lrs, hrs = zip(*batch)
+    return tuple(lrs), tuple(hrs)
+
+
+def _augmentation(steps: Optional[Sequence[Dict[str, Any]]], hflip: float, rot: bool):
+    os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # no update check over the network
+    import albumentations as A
+    transforms = []
+    if steps:
+        for step in steps:
+            step = dict(step)
+            name = step.pop('name', None)
+            if name not in SR_AUGMENTATIONS:
+                raise DataError(f'data.albumentations step {name!r} cannot be used for super-resolution; only '
+                                f'{", ".join(SR_AUGMENTATIONS)} keep LR and HR aligned')
+            transforms.append(getattr(A, name)(**step))
+    else:  # BasicSR's augmentation: horizontal flip, vertical flip, transpose, each with probability 1/2
+        if hflip > 0:
+            transforms.append(A.HorizontalFlip(p=hflip))
+        if rot:
+            transforms += [A.VerticalFlip(p=0.5), A.Transpose(p=0.5)]
+    if not transforms:
+        return None
+    return A.Compose(transforms, additional_targets={'hr': 'image'}, is_check_shapes=False)
+
+
+class SRPairedDataset(Dataset):
+    """``(lr, hr)`` image pairs for super-resolution and restoration.
+
+    Args:
+        hr_dir: Folder of the high-resolution (ground-truth) images.
+        lr_dir: Folder of the matching low-resolution inputs; None makes them from HR by ``degradation``.
+        scale: The upscaling factor (1 for denoising / JPEG artefact removal).
+        lr_patch: Training crop size in LR pixels (the HR crop is ``lr_patch * scale``); None gives whole images.
+        augment: albumentations steps (``[{name: HorizontalFlip, p: 0.5}, ...]``, symmetries only) for training;
+            None gives BasicSR's flips and transposes (``hflip``, ``rot``).
+        hflip: Probability of a horizontal flip (default augmentation).
+        rot: Random vertical flips and transposes (default augmentation; with ``hflip`` all 8 symmetries).
+        channels: 3 (RGB) or 1 (grey, see ``grey``).
+        grey: 'L' (PIL's luma) or 'Y' (MATLAB's studio-range Y) for ``channels=1``.
+        degradation: 'bicubic', 'noise' or 'jpeg' (without ``lr_dir``).
+        noise_sigma: Standard deviation of the Gaussian noise, on the 0..255 scale.
+        jpeg_quality: JPEG quality of the compressed input.
+        corrupt: 'skip' or 'error' for images that cannot be read.
+        seed: Base seed of the per-sample randomness.
+        verify: Open every image once now.
+        repeat: Passes over the images per epoch (each with its own random crops); BasicSR's
+            ``dataset_enlarge_ratio``.
+    """
+
+    def __init__(
+            self,
+            hr_dir,
+            lr_dir=None,
+            scale: int = 4,
+            lr_patch: Optional[int] = None,
+            augment: Optional[Sequence[Dict[str, Any]]] = None,
+            hflip: float = 0.5,
+            rot: bool = True,
+            channels: int = 3,
+            grey: str = 'L',
+            degradation: str = 'bicubic',
+            noise_sigma: float = 25.0,
+            jpeg_quality: int = 40,
+            corrupt: str = 'skip',
+            seed: int = 0,
+            verify: bool = False,
+            repeat: int = 1,
+    ):
+        if int(scale) != scale or scale < 1:
+            raise DataError(f'scale={scale} must be a positive integer')
+        if channels not in (1, 3):
+            raise DataError(f'channels={channels} is not allowed; use 3 (RGB) or 1 (grey)')
+        if grey not in ('L', 'Y'):
+            raise DataError(f"grey={grey!r} is not allowed; use 'L' or 'Y'")
+        if degradation not in DEGRADATIONS:
+            raise DataError(f'degradation={degradation!r} is not known; use one of {", ".join(DEGRADATIONS)}')
+        if degradation != 'bicubic' and scale != 1:
+            raise DataError(f'degradation={degradation!r} keeps the size: it needs scale 1, not {scale}')
+        if lr_patch is not None and lr_patch < 1:
+            raise DataError(f'lr_patch={lr_patch} must be a positive number of pixels')
+        if repeat < 1:
+            raise DataError(f'repeat={repeat} must be at least 1')
+        self.hr_dir = Path(hr_dir)
+        self.lr_dir = Path(lr_dir) if lr_dir is not None else None
+        self.samples = pair_images(self.hr_dir, self.lr_dir, int(scale))
+        self.scale = int(scale)
+        self.lr_patch = lr_patch
+        self.channels, self.grey = channels, grey
+        self.degradation, self.noise_sigma, self.jpeg_quality = degradation, noise_sigma, jpeg_quality
+        self.corrupt = corrupt
+        self.seed = seed
+        self.repeat = repeat
+        self.epoch = 0
+        self.restore_rng = True
+        self.pipeline = _augmentation(augment, hflip, rot) if lr_patch is not None else None
+        if verify:
+            self._verify()
+
+    @property
+    def training(self) -> bool:
+        return self.lr_patch is not None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the randomness of ``epoch`` (call before iterating a loader of this epoch)."""
+        self.epoch = epoch
+
+    def name(self, index: int) -> str:
+        """The stem of the HR image of sample ``index``."""
+        return self.samples[index % len(self.samples)][0].stem
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeat
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _unreadable(self, path: Path, err: Exception) -> DataError:
+        return DataError(f'cannot read image {str(path)!r} ({err}); fix or remove it, or set '
+                         f'data.corrupt_images=skip')
+
+    def _verify(self) -> None:
+        bad = []
+        for pair in self.samples:
+            for path in pair:
+                if path is None:
+                    continue
+                try:
+                    with Image.open(path) as img:
+                        img.verify()
+                except Exception as err:  # PIL raises many types for broken files
+                    if self.corrupt == 'error':
+                        raise self._unreadable(path, err) from None
+                    bad.append(pair)
+                    break
+        if bad:
+            warnings.warn(f'skipping {len(bad)} unreadable image pairs: {", ".join(str(p[0]) for p in bad[:5])}'
+                          + (' ...' if len(bad) > 5 else ''))
+            self.samples = [s for s in self.samples if s not in bad]
+            if not self.samples:
+                raise DataError(f'no readable image in {str(self.hr_dir)!r}')
+
+    def load(self, index: int) -> Tuple[int, np.ndarray, Optional[np.ndarray]]:
+        """The index actually used and its HR and LR images (LR None without an LR folder), applying the corrupt
+        policy."""
+        for offset in range(len(self.samples)):
+            used = (index + offset) % len(self.samples)
+            hr_path, lr_path = self.samples[used]
+            path = hr_path
+            try:
+                hr = load_image(hr_path, self.channels, self.grey)
+                path = lr_path
+                lr = load_image(lr_path, self.channels, self.grey) if lr_path is not None else None
+                return used, hr, lr
+            except Exception as err:
+                if self.corrupt == 'error':
+                    raise self._unreadable(path, err) from None
+                warnings.warn(f'skipping unreadable image {str(path)!r} ({err})')
+        raise DataError(f'no readable image in {str(self.hr_dir)!r}')
+
+    def _check_sizes(self, index: int, hr: np.ndarray, lr: np.ndarray) -> None:
+        (hh, hw), (lh, lw), s = hr.shape[:2], lr.shape[:2], self.scale
+        if not (lh * s <= hh < (lh + 1) * s and lw * s <= hw < (lw + 1) * s):
+            hr_path, lr_path = self.samples[index]
+            raise DataError(f'LR image {str(lr_path)!r} is {lw}x{lh} but its HR image {hr_path.name!r} is {hw}x{hh}, '
+                            f'not x{s} of it')
+
+    def _check_patch(self, index: int, lr_size: Tuple[int, int]) -> None:
+        if min(lr_size) < self.lr_patch:
+            raise DataError(f'image {str(self.samples[index][0])!r} gives a {lr_size[1]}x{lr_size[0]} LR image, '
+                            f'smaller than lr_patch={self.lr_patch}; lower the patch size or remove the image')
+
+    def _degrade(self, hr: np.ndarray) -> np.ndarray:
+        return degrade(hr, self.degradation, self.scale, self.noise_sigma, self.jpeg_quality)
+
+    def _training_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray]):
+        s, p = self.scale, self.lr_patch
+        if lr is not None:
+            self._check_sizes(index, hr, lr)
+            lh, lw = lr.shape[:2]
+        else:
+            lh, lw = hr.shape[0] // s, hr.shape[1] // s
+        self._check_patch(index, (lh, lw))
+        top = int(torch.randint(0, lh - p + 1, ()))
+        left = int(torch.randint(0, lw - p + 1, ()))
+        hr_patch = hr[top * s:(top + p) * s, left * s:(left + p) * s]
+        if lr is not None:
+            lr_patch = lr[top:top + p, left:left + p]
+        elif self.degradation == 'bicubic' and s > 1:
+            # downscale the crop and a margin around it (clipped at the image border): the same LR pixels as
+            # downscaling the whole image, whose border is mirrored in the same place
+            y0, x0 = max(top - _MARGIN, 0), max(left - _MARGIN, 0)
+            y1, x1 = min(top + p + _MARGIN, lh), min(left + p + _MARGIN, lw)
+            region = self._degrade(hr[y0 * s:y1 * s, x0 * s:x1 * s])
+            lr_patch = region[top - y0:top - y0 + p, left - x0:left - x0 + p]
+        else:
+            lr_patch = self._degrade(hr_patch)
+        if self.pipeline is not None:
+            seed_albumentations(self.pipeline)
+            out = self.pipeline(image=lr_patch, hr=hr_patch)
+            lr_patch, hr_patch = out['image'], out['hr']
+        return lr_patch, hr_patch
+
+    def _whole_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray]):
+        s = self.scale
+        if lr is not None:
+            self._check_sizes(index, hr, lr)
+            return lr, hr[:lr.shape[0] * s, :lr.shape[1] * s]
+        hr = hr[:hr.shape[0] - hr.shape[0] % s, :hr.shape[1] - hr.shape[1] % s]
+        if min(hr.shape[:2]) == 0:
+            raise DataError(f'image {str(self.samples[index][0])!r} is smaller than the scale {s}')
+        return self._degrade(hr), hr
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        used, hr, lr = self.load(index % len(self.samples))
+        # worker processes only ever make samples: their RNG states need no restoring
+        restore = self.restore_rng and get_worker_info() is None
+        with seeded_rng(hash((self.seed, self.epoch, index)) % 2 ** 62, restore=restore):
+            if self.training:
+                lr, hr = self._training_pair(used, hr, lr)
+            else:
+                lr, hr = self._whole_pair(used, hr, lr)
+
+        def tensor(img: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32).transpose(2, 0, 1).copy())
+
+        return tensor(lr), tensor(hr)

@@ -1,0 +1,170 @@
+"""Super-resolution and image restoration (``task: sr``): SwinIR, HAT, DRCT, RCAN, RDN or any timm model that maps
+a low-resolution image in [0, 1] to the high-resolution one and has an ``upscale`` attribute.
+
+Data: ``<data.root>/<split>/<data.hr_dir>`` HR images (``HR``), with LR inputs in ``<data.lr_dir>`` (e.g.
+``LR_bicubic/X{scale}``) or made on the fly (``data.degradation``). Training uses aligned random crops of
+``data.lr_patch`` LR pixels with flips and transposes; validation whole images. Loss: L1 (default), Charbonnier
+(``sqrt(d^2 + eps^2)``, ``charbonnier_eps``) or MSE. Validation metrics: PSNR and SSIM on 8-bit values, on the
+Y channel with ``upscale`` pixels cropped from each border (the SR protocol; RGB and no crop for upscale 1), and the
+loss; means over images, summed exactly over processes. At the end of a run ``comparison.png`` in the run folder
+shows a crop of the first validation image: bicubic upscaling | model output | ground truth.
+"""
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from densezoo.datasets import DataError, SRPairedDataset, collate_pairs, imresize, pair_images
+from densezoo.engine.distributed import all_reduce_sums
+from densezoo.tasks.base import Task, register_task
+from densezoo.tasks.sr_metrics import psnr, ssim
+
+__all__ = ['SRTask', 'CharbonnierLoss', 'build_sr_loss', 'comparison_image']
+
+
+class CharbonnierLoss(nn.Module):
+    """Mean of ``sqrt((x - y)^2 + eps^2)``: a differentiable L1."""
+
+    def __init__(self, eps: float = 1e-3):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((prediction - target).pow(2) + self.eps ** 2).mean()
+
+
+def build_sr_loss(name: Optional[str], eps: float = 1e-3) -> nn.Module:
+    """'l1' (default for None), 'charbonnier' or 'mse'."""
+    name = name or 'l1'
+    if name == 'l1':
+        return nn.L1Loss()
+    if name == 'charbonnier':
+        return CharbonnierLoss(eps)
+    if name == 'mse':
+        return nn.MSELoss()
+    raise ValueError(f'loss={name!r} is not known for super-resolution; use l1, charbonnier or mse')
+
+
+def _to_pil(img: torch.Tensor) -> Image.Image:
+    pixels = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert('RGB')
+
+
+def comparison_image(panels, labels, crop: int = 192, gap: int = 4) -> Image.Image:
+    """Central ``crop`` x ``crop`` crops of same-size images (C, H, W) side by side, each under its label."""
+    height, width = panels[0].shape[-2:]
+    ch, cw = min(crop, height), min(crop, width)
+    top, left = (height - ch) // 2, (width - cw) // 2
+    header = 14
+    canvas = Image.new('RGB', (len(panels) * cw + (len(panels) - 1) * gap, ch + header), 'white')
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, label) in enumerate(zip(panels, labels)):
+        x = i * (cw + gap)
+        canvas.paste(_to_pil(panel[..., top:top + ch, left:left + cw]), (x, header))
+        draw.text((x + 2, 1), label, fill='black')
+    return canvas
+
+
+@register_task
+class SRTask(Task):
+    """Super-resolution on HR folders (+ LR folders or on-the-fly degradation)."""
+    name = 'sr'
+    main_metric = 'psnr'
+    log_metrics = ('psnr', 'ssim')
+
+    def __init__(self, config, dist):
+        super().__init__(config, dist)
+        data = config.data
+        self.train_folder = Path(data.root) / data.train_split
+        self.val_folder = Path(data.root) / data.val_split
+        for folder in (self.train_folder, self.val_folder):  # found before the model is built
+            pair_images(folder / data.hr_dir)
+        self.criterion = build_sr_loss(config.loss, config.charbonnier_eps)
+        self.scale: Optional[int] = None
+        self.crop_border = 0
+        self.y_channel = True
+
+    def build_model(self) -> nn.Module:
+        return self.create_model()
+
+    def resolve(self, model: nn.Module) -> Tuple[int, int]:
+        """The scale and channel count of the data for ``model`` (config values or the model's attributes)."""
+        data = self.config.data
+        upscale = getattr(model, 'upscale', None)
+        if data.upscale is not None and upscale is not None and data.upscale != upscale:
+            raise DataError(f'data.upscale={data.upscale} does not match {self.config.model.name}, which upscales '
+                            f'x{upscale}; leave data.upscale unset')
+        scale = data.upscale or upscale
+        if scale is None:
+            raise DataError(f'{self.config.model.name} has no upscale attribute; set data.upscale')
+        channels = data.channels or getattr(model, 'in_chans', 3)
+        return int(scale), int(channels)
+
+    def build_datasets(self, model: nn.Module) -> Tuple[SRPairedDataset, SRPairedDataset]:
+        data = self.config.data
+        self.scale, channels = self.resolve(model)
+        self.crop_border = data.val_crop_border if data.val_crop_border is not None else \
+            (self.scale if self.scale > 1 else 0)
+        self.y_channel = data.val_y_channel if data.val_y_channel is not None else self.scale > 1
+
+        def make(folder: Path, training: bool) -> SRPairedDataset:
+            lr_dir = folder / data.lr_dir.format(scale=self.scale) if data.lr_dir else None
+            return SRPairedDataset(
+                folder / data.hr_dir, lr_dir, scale=self.scale, lr_patch=data.lr_patch if training else None,
+                augment=data.albumentations or None, hflip=data.hflip, rot=data.rot90, channels=channels,
+                grey=data.grey, degradation=data.degradation, noise_sigma=data.noise_sigma,
+                jpeg_quality=data.jpeg_quality, corrupt=data.corrupt_images, seed=self.config.seed,
+                verify=data.verify_images, repeat=data.repeat if training else 1)
+
+        return make(self.train_folder, True), make(self.val_folder, False)
+
+    def collate_fn(self, training: bool) -> Optional[Callable]:
+        return None if training else collate_pairs  # whole validation images differ in size
+
+    def training_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.criterion(model(inputs).float(), targets.float())
+
+    def _predict(self, model: nn.Module, lr: torch.Tensor, hr_shape, autocast) -> torch.Tensor:
+        with autocast():
+            sr = model(lr)
+        sr = sr.float()
+        if sr.shape[-3:] != tuple(hr_shape[-3:]):
+            raise ValueError(f'{self.config.model.name} maps a {tuple(lr.shape[-3:])} input to '
+                             f'{tuple(sr.shape[-3:])}, expected {tuple(hr_shape[-3:])} (x{self.scale})')
+        return sr
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, autocast) -> Dict[str, float]:
+        sums = dict(loss=0., psnr=0., ssim=0., count=0.)
+        for lrs, hrs in loader:
+            for lr, hr in zip(lrs, hrs):
+                lr, hr = lr[None].to(device), hr[None].to(device)
+                sr = self._predict(model, lr, hr.shape, autocast)
+                sums['loss'] += self.criterion(sr, hr).item()
+                sums['psnr'] += psnr(sr[0], hr[0], self.crop_border, self.y_channel)
+                sums['ssim'] += ssim(sr[0], hr[0], self.crop_border, self.y_channel)
+                sums['count'] += 1
+        sums = all_reduce_sums(sums, self.dist)
+        count = max(sums['count'], 1.)
+        return dict(loss=sums['loss'] / count, psnr=sums['psnr'] / count, ssim=sums['ssim'] / count,
+                    count=int(sums['count']))
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module, val_set, run_dir: Path, device: torch.device, autocast) -> Dict[str, Any]:
+        """Write ``comparison.png`` (bicubic | model | ground truth) for the first validation image."""
+        if len(val_set) == 0:
+            return {}
+        lr, hr = val_set[0]
+        sr = self._predict(model, lr[None].to(device), hr[None].shape, autocast)[0].cpu()
+        baseline = imresize(lr, self.scale).clamp(0, 1) if self.scale > 1 else lr.clamp(0, 1)
+        scores = {key: float(psnr(img, hr, self.crop_border, self.y_channel))
+                  for key, img in (('baseline', baseline), ('model', sr))}
+        first = 'bicubic' if self.scale > 1 else 'input'
+        image = comparison_image(
+            [baseline, sr, hr], [f'{first} {scores["baseline"]:.2f} dB', f'model {scores["model"]:.2f} dB', 'HR'])
+        path = Path(run_dir) / 'comparison.png'
+        image.save(path)
+        return dict(comparison=path, comparison_image=val_set.name(0), baseline_name=first,
+                    baseline_psnr=scores['baseline'], model_psnr=scores['model'])

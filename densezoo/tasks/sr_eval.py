@@ -1,0 +1,219 @@
+"""Evaluation of super-resolution models on benchmark folders (what ``tools/eval_sr.py`` runs).
+
+A benchmark folder holds ``HR/*.png`` and optionally ``LR_bicubic/X{scale}/*.png`` (the EDSR / BasicSR layout of
+Set5, Set14, B100, Urban100, Manga109, DIV2K); without the LR folder the inputs are made from HR by MATLAB-compatible
+bicubic downscaling. Scores follow the SR protocol of ``densezoo.tasks.sr_metrics`` (8-bit values, Y channel,
+``scale`` pixels cropped from each border), optionally with the x8 self-ensemble and tiled inference.
+
+Weights: a weights file loaded through timm (``pretrained_cfg_overlay=dict(file=...)``, so the model's checkpoint
+filter converts official checkpoints), or a densezoo training run: its folder (the ``best`` checkpoint), a checkpoint
+folder, or a ``model.safetensors`` / ``ema.safetensors`` inside one. A run's ``config.yaml`` supplies the model
+arguments it was trained with; a checkpoint folder's EMA weights are used when it has them (``ema=False``: not).
+"""
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+from densezoo.datasets import SRPairedDataset
+from densezoo.registry import check_model_names
+from densezoo.tasks.sr_inference import self_ensemble, tiled_forward
+from densezoo.tasks.sr_metrics import psnr, ssim
+
+__all__ = ['EvalError', 'ImageScore', 'BenchmarkScore', 'load_sr_model', 'find_weights', 'benchmark_dataset',
+           'evaluate_benchmark', 'sr_forward', 'format_scores', 'scores_to_dict']
+
+
+class EvalError(ValueError):
+    """Evaluation input that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ImageScore:
+    name: str
+    lr_size: Tuple[int, int]  # (H, W) of the input
+    psnr: float
+    ssim: float
+    seconds: float
+
+
+@dataclass
+class BenchmarkScore:
+    name: str
+    folder: str
+    lr_source: str  # the LR folder, or 'bicubic from HR'
+    images: List[ImageScore] = field(default_factory=list)
+
+    @property
+    def psnr(self) -> float:
+        return sum(i.psnr for i in self.images) / max(len(self.images), 1)
+
+    @property
+    def ssim(self) -> float:
+        return sum(i.ssim for i in self.images) / max(len(self.images), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _run_config(folder: Path) -> Optional[Dict[str, Any]]:
+    """The ``config.yaml`` of the run that holds checkpoint folder ``folder`` (run/checkpoints/step-N)."""
+    path = folder.resolve().parent.parent / 'config.yaml'
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def find_weights(checkpoint, ema: bool = True) -> Tuple[Path, bool, Optional[Dict[str, Any]]]:
+    """The weights file a ``checkpoint`` path names, whether it is a densezoo checkpoint, and its run config."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise EvalError(f'checkpoint {str(path)!r} does not exist')
+    if path.is_dir():
+        if (path / 'checkpoints').is_dir():  # a run folder: its best checkpoint (else the last)
+            for name in ('best', 'last'):
+                if (path / 'checkpoints' / name / 'model.safetensors').is_file():
+                    path = (path / 'checkpoints' / name).resolve()
+                    break
+            else:
+                raise EvalError(f'run folder {str(checkpoint)!r} holds no complete checkpoint')
+        if not (path / 'model.safetensors').is_file():
+            raise EvalError(f'folder {str(checkpoint)!r} is neither a training run nor a checkpoint folder '
+                            f'(no model.safetensors)')
+        weights = path / 'ema.safetensors' if ema and (path / 'ema.safetensors').is_file() else \
+            path / 'model.safetensors'
+        return weights, True, _run_config(path)
+    if path.suffix == '.safetensors' and (path.parent / 'state.pt').is_file():  # inside a checkpoint folder
+        return path, True, _run_config(path.parent)
+    return path, False, None
+
+
+def _first_lines(err: Exception, count: int = 2) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return ' '.join(lines[:count])
+
+
+def load_sr_model(name: str, checkpoint, model_kwargs: Optional[Dict[str, Any]] = None,
+                  ema: bool = True) -> Tuple[nn.Module, Path]:
+    """The model ``name`` with the weights ``checkpoint`` names (see the module notes), in eval mode."""
+    check_model_names([name])
+    weights, densezoo_checkpoint, run_config = find_weights(checkpoint, ema)
+    kwargs = {}
+    if run_config is not None:
+        trained = run_config.get('model', {}).get('name')
+        if trained and trained != name:
+            raise EvalError(f'checkpoint {str(checkpoint)!r} was trained as {trained!r}, not {name!r}')
+        kwargs.update(run_config.get('model', {}).get('kwargs') or {})
+    kwargs.update(model_kwargs or {})
+    try:
+        if densezoo_checkpoint:
+            model = timm.create_model(name, **kwargs)
+            model.load_state_dict(load_file(str(weights)))
+        else:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+    except RuntimeError as err:  # load_state_dict: keys or shapes that do not fit
+        raise EvalError(f'the weights in {str(weights)!r} do not fit {name} ({_first_lines(err)}); check '
+                        f'--model-kwargs') from None
+    except TypeError as err:  # an argument the model does not take
+        raise EvalError(f'{name}: {err}') from None
+    return model.eval(), weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def benchmark_dataset(folder, scale: int, channels: int = 3, grey: str = 'L', degradation: str = 'bicubic',
+                      noise_sigma: float = 25.0, jpeg_quality: int = 40) -> Tuple[SRPairedDataset, str]:
+    """The whole-image pairs of a benchmark folder and where its LR images come from."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvalError(f'benchmark folder {str(folder)!r} does not exist')
+    hr_dir = folder / 'HR'
+    if not hr_dir.is_dir():
+        raise EvalError(f'benchmark folder {str(folder)!r} has no HR sub-folder; expected {folder.name}/HR/*.png '
+                        f'(and optionally {folder.name}/LR_bicubic/X{scale}/*.png)')
+    lr_dir = folder / 'LR_bicubic' / f'X{scale}'
+    use_lr = degradation == 'bicubic' and scale > 1 and lr_dir.is_dir()
+    dataset = SRPairedDataset(hr_dir, lr_dir if use_lr else None, scale=scale, channels=channels, grey=grey,
+                              degradation=degradation, noise_sigma=noise_sigma, jpeg_quality=jpeg_quality,
+                              corrupt='error')
+    source = str(lr_dir) if use_lr else {'bicubic': 'bicubic from HR', 'noise': f'HR + noise sigma {noise_sigma}',
+                                          'jpeg': f'HR as JPEG quality {jpeg_quality}'}[degradation]
+    return dataset, source
+
+
+def sr_forward(tile: Optional[int] = None, overlap: int = 32, ensemble: bool = False) -> Callable:
+    """``forward(model, lr)`` with tiling and / or the x8 self-ensemble."""
+    if tile is not None:
+        if tile < 1 or overlap < 0 or overlap >= tile:
+            raise EvalError(f'--tile {tile} --tile-overlap {overlap} are not allowed: the tile must be positive and '
+                            f'larger than the overlap (0 or more)')
+        single = partial(tiled_forward, tile=tile, overlap=overlap)
+    else:
+        def single(model, x):
+            return model(x)
+    if ensemble:
+        return lambda model, x: self_ensemble(model, x, forward=single)
+    return single
+
+
+def _save(img: torch.Tensor, path: Path) -> None:
+    pixels = (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+
+
+@torch.no_grad()
+def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = True,
+                       crop_border: Optional[int] = None, forward: Optional[Callable] = None,
+                       save_dir: Optional[Path] = None, device='cpu', progress: bool = False,
+                       **data_options) -> BenchmarkScore:
+    """Scores of ``model`` on every image of a benchmark folder; ``save_dir`` also writes the outputs as PNG."""
+    dataset, source = benchmark_dataset(folder, scale, channels=getattr(model, 'in_chans', 3), **data_options)
+    crop = scale if crop_border is None else crop_border
+    run = forward or sr_forward()
+    result = BenchmarkScore(name=Path(folder).name, folder=str(folder), lr_source=source)
+    if save_dir is not None:
+        save_dir = Path(save_dir) / result.name
+        save_dir.mkdir(parents=True, exist_ok=True)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+        indices = tqdm(indices, desc=result.name, leave=False, dynamic_ncols=True)
+    for index in indices:
+        lr, hr = dataset[index]
+        start = time.perf_counter()
+        sr = run(model, lr[None].to(device))[0].float().cpu()
+        seconds = time.perf_counter() - start
+        if sr.shape != hr.shape:
+            raise EvalError(f'the model maps the {lr.shape[-2]}x{lr.shape[-1]} image {dataset.name(index)!r} to '
+                            f'{sr.shape[-2]}x{sr.shape[-1]}, expected {hr.shape[-2]}x{hr.shape[-1]} (x{scale})')
+        result.images.append(ImageScore(name=dataset.name(index), lr_size=tuple(lr.shape[-2:]),
+                                        psnr=psnr(sr, hr, crop, y_channel), ssim=ssim(sr, hr, crop, y_channel),
+                                        seconds=seconds))
+        if save_dir is not None:
+            _save(sr, save_dir / f'{dataset.name(index)}.png')
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def format_scores(benchmarks: Sequence[BenchmarkScore]) -> str:
+    """One row per image and one mean row per benchmark."""
+    from densezoo.profile.common import format_columns
+    head = ('benchmark / image', 'LR size', 'PSNR', 'SSIM', 'seconds')
+    rows = []
+    for bench in benchmarks:
+        for image in bench.images:
+            rows.append((f'{bench.name}/{image.name}', f'{image.lr_size[1]}x{image.lr_size[0]}', f'{image.psnr:.2f}',
+                         f'{image.ssim:.4f}', f'{image.seconds:.2f}'))
+        rows.append((f'{bench.name} mean ({len(bench.images)} images)', '', f'{bench.psnr:.2f}', f'{bench.ssim:.4f}',
+                     f'{sum(i.seconds for i in bench.images):.2f}'))
+    return format_columns(head, rows)
+
+
+def scores_to_dict(benchmarks: Sequence[BenchmarkScore], **settings) -> Dict[str, Any]:
+    """JSON-ready results: the settings and, per benchmark, the means and the per-image scores."""
+    return dict(**settings, benchmarks=[
+        dict(name=b.name, folder=b.folder, lr_source=b.lr_source, psnr=b.psnr, ssim=b.ssim,
+             images=[dict(asdict(i), lr_size=list(i.lr_size)) for i in b.images]) for b in benchmarks])

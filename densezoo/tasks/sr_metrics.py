@@ -1,0 +1,115 @@
+"""Super-resolution metrics as the SR literature reports them (SwinIR, HAT, DRCT, RCAN, RDN; BasicSR's scripts).
+
+* Both images are clamped to [0, 1] and quantised to 8-bit values, ``round(x * 255)``, before scoring.
+* ``y_channel``: the Y channel of MATLAB's ``rgb2ycbcr`` (ITU-R BT.601, studio range 16..235),
+  ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` for R, G, B in [0, 1]; not rounded (as BasicSR; MATLAB's
+  ``rgb2ycbcr`` of a uint8 image would round Y to an integer).
+* ``crop_border`` pixels are cut from every side first (the SR protocol uses the scale factor).
+* PSNR: ``10 log10(255^2 / MSE)`` over all remaining pixels and channels (inf for identical images).
+* SSIM: Wang et al. (2004) on 0..255 data with an 11x11 Gaussian window (sigma 1.5), C1 = (0.01 * 255)^2,
+  C2 = (0.03 * 255)^2, 'valid' filtering (no padding), averaged over the map and then over the channels.
+
+Everything is computed in float64. Images are torch tensors (C, H, W) or (B, C, H, W) with values in [0, 1]
+(numpy (H, W, C) / (H, W) arrays, float in [0, 1] or uint8, are accepted too); a batch gives one value per image.
+"""
+import math
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ['rgb_to_y', 'quantize', 'psnr', 'ssim', 'gaussian_window']
+
+Image = Union[torch.Tensor, np.ndarray]
+Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr, for R, G, B in [0, 1]; Y in 16..235
+
+
+def _as_tensor(img: Image) -> torch.Tensor:
+    if isinstance(img, np.ndarray):
+        scale = 255.0 if img.dtype == np.uint8 else 1.0
+        t = torch.from_numpy(np.asarray(img, dtype=np.float64) / scale)
+        return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f'images must be torch tensors or numpy arrays, got {type(img).__name__}')
+    return img
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """Y of MATLAB's ``rgb2ycbcr`` for RGB in [0, 1] (channels at dim -3), as a value in [16/255, 235/255]."""
+    if img.shape[-3] != 3:
+        raise ValueError(f'rgb_to_y needs 3 channels at dim -3, got shape {tuple(img.shape)}')
+    r, g, b = img.unbind(dim=-3)
+    y = 16.0 + Y_WEIGHTS[0] * r + Y_WEIGHTS[1] * g + Y_WEIGHTS[2] * b
+    return (y / 255.0).unsqueeze(-3)
+
+
+def quantize(img: torch.Tensor) -> torch.Tensor:
+    """8-bit values (0..255, float64) of an image in [0, 1]: clamped, then ``round(x * 255)``."""
+    return torch.round(img.detach().to(torch.float64).clamp(0, 1) * 255.0)
+
+
+def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool) -> torch.Tensor:
+    sr, hr = _as_tensor(sr), _as_tensor(hr)
+    if sr.shape != hr.shape:
+        raise ValueError(f'the images differ in shape: {tuple(sr.shape)} and {tuple(hr.shape)}')
+    if sr.dim() not in (3, 4):
+        raise ValueError(f'images must be (C, H, W) or (B, C, H, W), got shape {tuple(sr.shape)}')
+    if crop_border < 0:
+        raise ValueError(f'crop_border={crop_border} must be 0 or more')
+    pair = torch.stack([quantize(sr), quantize(hr)])  # (2, [B,] C, H, W) on 0..255
+    if crop_border:
+        if min(pair.shape[-2:]) <= 2 * crop_border:
+            raise ValueError(f'images of {pair.shape[-2]}x{pair.shape[-1]} pixels are too small for '
+                             f'crop_border={crop_border}')
+        pair = pair[..., crop_border:-crop_border, crop_border:-crop_border]
+    if y_channel and pair.shape[-3] == 3:
+        pair = rgb_to_y(pair / 255.0) * 255.0
+    return pair
+
+
+def _per_image(values: torch.Tensor, batched: bool):
+    return values if batched else float(values)
+
+
+def psnr(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True):
+    """PSNR in dB of 8-bit-quantised images (a float; a float64 tensor of B values for a batch)."""
+    pair = _prepare(sr, hr, crop_border, y_channel)
+    batched = pair.dim() == 5
+    mse = (pair[0] - pair[1]).pow(2).flatten(start_dim=1 if batched else 0).mean(dim=-1)
+    value = torch.where(mse == 0, torch.full_like(mse, math.inf), 10 * torch.log10(255.0 ** 2 / mse))
+    return _per_image(value, batched)
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The normalised 2-D Gaussian window (size, size) of SSIM, float64."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True):
+    """SSIM of 8-bit-quantised images (a float; a float64 tensor of B values for a batch)."""
+    pair = _prepare(sr, hr, crop_border, y_channel)
+    batched = pair.dim() == 5
+    if not batched:
+        pair = pair[:, None]
+    a, b = pair[0], pair[1]  # (B, C, H, W) on 0..255
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f'SSIM needs images of at least 11x11 pixels (after cropping), got '
+                         f'{a.shape[-2]}x{a.shape[-1]}')
+    channels = a.shape[1]
+    window = gaussian_window().to(a.device)[None, None].expand(channels, 1, 11, 11)
+
+    def blur(x):
+        return F.conv2d(x, window, groups=channels)  # 'valid': no padding
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    value = ssim_map.mean(dim=(2, 3)).mean(dim=1)
+    return _per_image(value, batched)
