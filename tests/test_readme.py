@@ -11,6 +11,13 @@ def test_quick_start_runs():
     exec(compile(code, 'README.md quick start', 'exec'), {})
 
 
+def test_super_resolution_example_runs():
+    code = re.search(r'## Super-resolution\n\n```python\n(.*?)```', README, re.S).group(1)
+    namespace = {}
+    exec(compile(code, 'README.md super-resolution', 'exec'), namespace)
+    assert namespace['sr'].shape == (1, 3, 246, 154)
+
+
 def test_ci_runs_the_readme_setup_and_test_commands():
     ci = (ROOT / '.ci' / 'run').read_text()
     setup = re.search(r'## Set-up\n\n```bash\n(.*?)```', README, re.S).group(1)
@@ -26,3 +33,5 @@ def test_main_command_is_the_offline_demo():
     assert command == 'python tools/train.py configs/demo/swin_digits.yaml'
     assert (ROOT / 'configs' / 'demo' / 'swin_digits.yaml').is_file()
     assert len(list((ROOT / 'data' / 'digits').rglob('*.png'))) == 1797
+    assert 'python tools/train.py configs/demo/swinir_light_x2_sr.yaml' in README
+    assert (ROOT / 'configs' / 'demo' / 'swinir_light_x2_sr.yaml').is_file()

@@ -6,28 +6,24 @@ import pytest
 import timm
 import torch
 
-import densezoo  # noqa: F401  (registers the models the recipes name)
+import densezoo
 from densezoo.engine import load_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
 SR_CONFIGS = sorted((ROOT / 'configs' / 'sr').glob('*.yaml'))
-#: the model each recipe trains (the SR families of the model zoo)
-RECIPES = {
-    'swinir_classical_x2_df2k': 'swinir_classical_x2', 'swinir_light_x2_div2k': 'swinir_light_x2',
-    'swinir_real_x4': 'swinir_real_x4', 'swinir_denoise_color_sigma15': 'swinir_denoise_color',
-    'swinir_jpeg_q40': 'swinir_jpeg', 'drct_x4_df2k': 'drct_x4', 'hat_x4_df2k': 'hat_x4',
-    'rcan_x2_div2k': 'rcan_x2', 'rdn_x2_div2k': 'rdn_x2',
-}
+PLAIN_SR_MODELS = [n for n in densezoo.list_models(task='sr') if not n.endswith(('_dwa', '_mudd'))]
 
 
-def test_one_recipe_per_family():
-    assert sorted(p.stem for p in SR_CONFIGS) == sorted(RECIPES)
+def test_every_registered_sr_model_has_a_recipe():
+    """One recipe per registered SR model (connected variants train with their plain model's recipe)."""
+    named = sorted(load_config(path).model.name for path in SR_CONFIGS)
+    assert named == sorted(PLAIN_SR_MODELS)
 
 
 @pytest.mark.parametrize('path', SR_CONFIGS, ids=lambda p: p.stem)
 def test_recipe_loads_and_names_a_registered_model(path):
     config = load_config(path)
-    assert config.task == 'sr' and config.model.name == RECIPES[path.stem]
+    assert config.task == 'sr' and config.name == path.stem and config.model.name in PLAIN_SR_MODELS
     assert timm.models.is_model(config.model.name), f'{config.model.name} is not a registered model'
     with torch.device('meta'):  # the recipe's model arguments are accepted (no memory, no weights)
         model = timm.create_model(config.model.name, device='meta', **config.model.kwargs)
