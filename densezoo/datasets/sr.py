@@ -35,8 +35,8 @@ from densezoo.datasets.folder import DataError, _is_image, seeded_rng
 from densezoo.datasets.imresize import imresize
 from densezoo.datasets.transforms import seed_albumentations
 
-__all__ = ['SRPairedDataset', 'list_images', 'pair_images', 'load_image', 'degrade', 'collate_pairs',
-           'DEGRADATIONS', 'SR_AUGMENTATIONS']
+__all__ = ['SRPairedDataset', 'list_images', 'pair_images', 'load_image', 'tensor_to_image', 'degrade',
+           'collate_pairs', 'DEGRADATIONS', 'SR_AUGMENTATIONS']
 
 DEGRADATIONS = ('bicubic', 'noise', 'jpeg')
 #: albumentations transforms that keep LR and HR aligned (symmetries of the square)
@@ -106,6 +106,12 @@ def load_image(path: Path, channels: int = 3, grey: str = 'L') -> np.ndarray:
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+def tensor_to_image(img: torch.Tensor) -> Image.Image:
+    """An image tensor (C, H, W) in [0, 1] as an 8-bit PIL image (grey for one channel)."""
+    pixels = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def degrade(hr: np.ndarray, kind: str = 'bicubic', scale: int = 1, noise_sigma: float = 25.0,

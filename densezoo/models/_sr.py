@@ -189,8 +189,7 @@ class WindowSRTransformer(SRReconstruction, SRModel):
         if self.ape:
             x = x + self.absolute_pos_embed
         x = self.run_layers(self.pos_drop(x), x_size)
-        x = self.norm(x)
-        return x.transpose(1, 2).reshape(x.shape[0], -1, *x_size)
+        return tokens_to_map(self.norm(x), x_size)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         shallow = self.conv_first(x)
@@ -206,7 +205,7 @@ class PatchNorm(nn.Module):
         self.norm = norm_layer(dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.flatten(2).transpose(1, 2))
+        return self.norm(map_to_tokens(x))
 
 
 def check_pixelshuffle_only(family: str, upsampler: str, resi_connection: str) -> None:
@@ -291,9 +290,10 @@ def unwrap_checkpoint(state_dict: dict, preferred: str = 'params') -> dict:
     return state_dict
 
 
-def _check_derived(key: str, value: torch.Tensor, model: nn.Module) -> None:
-    """Check a stored index / mask buffer against what the model computes; raise if the window differs."""
-    held = dict(model.named_buffers()).get(key)
+def _check_derived(key: str, value: torch.Tensor, model: nn.Module, buffers: Dict[str, torch.Tensor]) -> None:
+    """Check a stored index / mask buffer against what the model computes (``buffers``: the model's named
+    buffers, saved or not); raise if the window differs."""
+    held = buffers.get(key)
     if held is not None:  # an index the model holds without saving it
         if held.shape != value.shape:
             raise ValueError(f'checkpoint key {key} has shape {tuple(value.shape)}, but the model computes '
@@ -330,10 +330,11 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> Dict[str, torch.
         state_dict = {key[len('module.'):] if key.startswith('module.') else key: value
                       for key, value in state_dict.items()}
     own = model.state_dict()
+    buffers = dict(model.named_buffers())
     out = {}
     for key, value in state_dict.items():
         if key.rsplit('.', 1)[-1] in _DERIVED_KEYS and key not in own:
-            _check_derived(key, value, model)
+            _check_derived(key, value, model, buffers)
             continue
         out[key] = value
     name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__

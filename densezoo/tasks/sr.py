@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from densezoo.datasets import DataError, SRPairedDataset, collate_pairs, imresize, pair_images
+from densezoo.datasets.sr import tensor_to_image
 from densezoo.engine.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 from densezoo.tasks.sr_metrics import psnr, ssim
@@ -47,11 +48,6 @@ def build_sr_loss(name: Optional[str], eps: float = 1e-3) -> nn.Module:
     raise ValueError(f'loss={name!r} is not known for super-resolution; use l1, charbonnier or mse')
 
 
-def _to_pil(img: torch.Tensor) -> Image.Image:
-    pixels = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
-    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert('RGB')
-
-
 def comparison_image(panels, labels, crop: int = 192, gap: int = 4) -> Image.Image:
     """Central ``crop`` x ``crop`` crops of same-size images (C, H, W) side by side, each under its label."""
     height, width = panels[0].shape[-2:]
@@ -62,7 +58,7 @@ def comparison_image(panels, labels, crop: int = 192, gap: int = 4) -> Image.Ima
     draw = ImageDraw.Draw(canvas)
     for i, (panel, label) in enumerate(zip(panels, labels)):
         x = i * (cw + gap)
-        canvas.paste(_to_pil(panel[..., top:top + ch, left:left + cw]), (x, header))
+        canvas.paste(tensor_to_image(panel[..., top:top + ch, left:left + cw]).convert('RGB'), (x, header))
         draw.text((x + 2, 1), label, fill='black')
     return canvas
 

@@ -19,11 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
 from densezoo.datasets import SRPairedDataset
+from densezoo.datasets.sr import tensor_to_image
 from densezoo.registry import check_model_names
 from densezoo.tasks.sr_inference import self_ensemble, tiled_forward
 from densezoo.tasks.sr_metrics import psnr, ssim
@@ -159,11 +159,6 @@ def sr_forward(tile: Optional[int] = None, overlap: int = 32, ensemble: bool = F
     return single
 
 
-def _save(img: torch.Tensor, path: Path) -> None:
-    pixels = (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
-
-
 @torch.no_grad()
 def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = True,
                        crop_border: Optional[int] = None, forward: Optional[Callable] = None,
@@ -193,7 +188,7 @@ def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = T
                                         psnr=psnr(sr, hr, crop, y_channel), ssim=ssim(sr, hr, crop, y_channel),
                                         seconds=seconds))
         if save_dir is not None:
-            _save(sr, save_dir / f'{dataset.name(index)}.png')
+            tensor_to_image(sr).save(save_dir / f'{dataset.name(index)}.png')
     return result
 
 
