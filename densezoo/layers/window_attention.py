@@ -4,7 +4,11 @@ The layers keep the official modules' parameter names (``attn.qkv``, ``attn.rela
 ``attn.proj``, ``norm1``, ``mlp.fc1``, ...), so official checkpoints load unchanged, and differ in how they compute:
 
 - attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias and the shifted-window
-  mask passed as one additive ``attn_mask``, on windows kept as a batch dimension (no per-window copies);
+  mask passed as one additive ``attn_mask``, on windows kept as a batch dimension; queries, keys and values are
+  strided views of the qkv projection (no head-split copies);
+- the cyclic shift and the window partition are one gather of the tokens (and the reverse shift and the merge one
+  more), instead of a copy for the roll and another for the partition; the gather puts the windows that need the
+  shifted-window mask last, so only those attend with a per-window mask and the others share the position bias;
 - the shifted-window mask is built once per (size, window, shift, device) and cached, instead of on every forward;
 - the relative-position index and the masks are not stored in the state dict: they follow from the window size and
   the input size, so one set of weights runs at any input size. Official checkpoints that store them (``attn_mask``,
@@ -13,7 +17,7 @@ The layers keep the official modules' parameter names (``attn.qkv``, ``attn.rela
 Paper: SwinIR (https://arxiv.org/abs/2108.10257), after Swin Transformer (https://arxiv.org/abs/2103.14030).
 """
 import functools
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +26,8 @@ from torch import nn
 from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import get_relative_position_index
 
-__all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_attention',
-           'WindowAttention', 'LeanMlp',
-           'SwinIRBlock', 'MASK_VALUE']
+__all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_layout',
+           'window_attention', 'gather_position_bias', 'WindowAttention', 'LeanMlp', 'SwinIRBlock', 'MASK_VALUE']
 
 #: Additive attention score between tokens of different shifted regions (the official value, not -inf).
 MASK_VALUE = -100.0
@@ -72,6 +75,50 @@ def window_merge(windows: torch.Tensor, window_size: int, height: int, width: in
     batch, channels = windows.shape[0], windows.shape[-1]
     x = windows.view(batch, height // window_size, width // window_size, window_size, window_size, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
+
+
+class WindowLayout(NamedTuple):
+    """Where the tokens of an H×W grid go when it is cyclically shifted and split into windows.
+
+    ``order`` (H·W,) gathers tokens in row-major order into windows (``x[:, order]``), ``inverse`` scatters them back
+    (``windows[:, inverse]``). The windows whose tokens come from more than one region of the shifted grid (the
+    last row and column of windows) are placed last; ``mask`` (M, N, N) is the additive shifted-window mask of those
+    M windows, and the windows before them need no mask. ``mask`` is None without a shift.
+    """
+    order: torch.Tensor
+    inverse: torch.Tensor
+    mask: Optional[torch.Tensor]
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window_layout(height: int, width: int, window_size: int, shift_size: int,
+                          device: torch.device) -> WindowLayout:
+    grid = torch.arange(height * width, device=device).view(1, height, width, 1)
+    mask = None
+    if shift_size:
+        grid = torch.roll(grid, shifts=(-shift_size, -shift_size), dims=(1, 2))
+    windows = window_partition(grid, window_size)[0, :, :, 0]  # (nW, N) token indices
+    if shift_size:
+        full = shifted_window_mask(height, width, window_size, shift_size, device)
+        masked = full.flatten(1).ne(0).any(1)
+        windows = torch.cat((windows[~masked], windows[masked]))
+        mask = full[masked]
+    order = windows.reshape(-1)
+    return WindowLayout(order, torch.argsort(order), mask)
+
+
+def window_layout(height: int, width: int, window_size: int, shift_size: int = 0,
+                  device: Optional[torch.device] = None) -> WindowLayout:
+    """The ``WindowLayout`` of an H×W token grid for windows of ``window_size`` shifted by ``shift_size``.
+
+    Cached per size, window, shift and device; do not modify the returned tensors.
+    """
+    return _cached_window_layout(height, width, window_size, shift_size, torch.device(device or 'cpu'))
+
+
+def gather_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Relative-position bias (heads, N, M), contiguous, from a (positions, heads) ``table`` and an (N, M) ``index``."""
+    return table.t().index_select(1, index.view(-1)).view(table.shape[1], *index.shape)
 
 
 def _merge_windows_into_heads(x: torch.Tensor) -> torch.Tensor:
@@ -130,23 +177,44 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
 
     Args:
         q: (B, nW, heads, N, d) queries; k, v: (B, nW, heads, M, d) keys and values (M = N for self-attention).
+            Any strides with a contiguous last dimension (views of a fused projection) are taken without copies.
         position_bias: (heads, N, M) relative-position bias.
-        mask: (nW, N, M) additive shifted-window mask, or None.
+        mask: (W, N, M) additive mask of the last W windows (W ≤ nW; the windows before them are unmasked), or None.
     Returns:
         (B, nW, heads, N, d).
     """
-    needs_bias_grad = position_bias.requires_grad and torch.is_grad_enabled()
-    if (needs_bias_grad and q.device.type == 'cpu' and not dropout_p and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling()):
+    batch, windows = q.shape[:2]
+    if _needs_bias_grad(q, position_bias, dropout_p):
+        if mask is not None and mask.shape[0] < windows:  # this path takes one mask per window
+            mask = torch.cat((mask.new_zeros(windows - mask.shape[0], *mask.shape[1:]), mask))
         return _FusedBiasedAttention.apply(q, k, v, position_bias, mask, scale)
-    shape = q.shape
-    bias = _combined_bias(position_bias, mask).to(q.dtype)
+    bias = position_bias.unsqueeze(0).to(q.dtype)
     if mask is None:
-        q, k, v = (t.flatten(0, 1) for t in (q, k, v))
-    else:
-        q, k, v = (_merge_windows_into_heads(t) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, dropout_p=dropout_p)
-    return out.view(shape)
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=bias,
+                                             scale=scale, dropout_p=dropout_p)
+        return out.unflatten(0, (batch, windows))
+    # unmasked windows share the (1, heads, N, M) bias; the last windows add their mask. Each image is one call per
+    # part, so q, k and v stay views of the projection and the masked bias is not repeated per image.
+    plain = windows - mask.shape[0]
+    masked_bias = (bias + mask.unsqueeze(1)).to(q.dtype)
+    parts = []
+    for i in range(batch):
+        if plain:
+            parts.append(F.scaled_dot_product_attention(q[i, :plain], k[i, :plain], v[i, :plain], attn_mask=bias,
+                                                        scale=scale, dropout_p=dropout_p))
+        parts.append(F.scaled_dot_product_attention(q[i, plain:], k[i, plain:], v[i, plain:],
+                                                    attn_mask=masked_bias, scale=scale, dropout_p=dropout_p))
+    if len(parts) == 1:
+        return parts[0].unsqueeze(0)
+    # joined in the (windows, N, heads, d) order the caller merges heads in, presented as (windows, heads, N, d)
+    out = torch.cat([part.transpose(1, 2) for part in parts])
+    return out.view(batch, windows, *out.shape[1:]).transpose(2, 3)
+
+
+def _needs_bias_grad(q: torch.Tensor, position_bias: torch.Tensor, dropout_p: float) -> bool:
+    """Whether attention takes the CPU training path that differentiates the bias without keeping N×N weights."""
+    return (position_bias.requires_grad and torch.is_grad_enabled() and q.device.type == 'cpu' and not dropout_p
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 
 
 class WindowAttention(nn.Module):
@@ -179,13 +247,12 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
 
     def position_bias(self) -> torch.Tensor:
-        """The relative-position bias (heads, N, N) gathered from the table."""
-        tokens = self.window_size * self.window_size
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+        """The relative-position bias (heads, N, N) gathered from the table (contiguous, so that adding the
+        shifted-window mask gives the contiguous mask the fused attention kernel takes without copying)."""
+        return gather_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows of N tokens; mask: (nW, N, N) additive, or None."""
+        """x: (B, nW, N, C) windows of N tokens; mask: (W, N, N) additive for the last W windows, or None."""
         batch, windows, tokens, _ = x.shape
         qkv = self.qkv(x).view(batch, windows, tokens, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)
@@ -260,25 +327,14 @@ class SwinIRBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = LeanMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
-    def window_mask(self, x_size: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
-        """The shifted-window mask for a token grid of ``x_size``, or None for an unshifted block."""
-        if not self.shift_size:
-            return None
-        return shifted_window_mask(x_size[0], x_size[1], self.window_size, self.shift_size, device)
-
     def attend(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
         """Window attention over tokens (B, H·W, C) that are already normalised; returns (B, H·W, C)."""
         height, width = x_size
-        batch, _, channels = x.shape
-        x = x.view(batch, height, width, channels)
-        shift = self.shift_size
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = self.attn(window_partition(x, self.window_size), self.window_mask(x_size, x.device))
-        x = window_merge(windows, self.window_size, height, width)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        return x.reshape(batch, height * width, channels)
+        batch, tokens, channels = x.shape
+        layout = window_layout(height, width, self.window_size, self.shift_size, x.device)
+        windows = x.index_select(1, layout.order).view(batch, -1, self.window_size ** 2, channels)
+        windows = self.attn(windows, layout.mask)
+        return windows.view(batch, tokens, channels).index_select(1, layout.inverse)
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attend(self.norm1(x), x_size))

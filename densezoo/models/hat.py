@@ -38,8 +38,8 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from densezoo.layers.channel_attention import ChannelAttention
-from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, relative_position_index, window_attention,
-                                              window_merge, window_partition)
+from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, gather_position_bias, relative_position_index,
+                                              window_attention, window_merge, window_partition)
 from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, map_to_tokens,
                                  register_sr_models, register_window_family, residual_conv, sr_cfg, tokens_to_map)
 
@@ -136,8 +136,7 @@ class OCAB(nn.Module):
 
     def position_bias(self) -> torch.Tensor:
         """Additive scores (heads, ws², ows²)."""
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(self.window_size ** 2, self.overlap_win_size ** 2, self.num_heads).permute(2, 0, 1)
+        return gather_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
         height, width = x_size

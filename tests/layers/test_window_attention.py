@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from densezoo.layers.window_attention import (MASK_VALUE, shifted_window_mask, window_attention, window_merge,
-                                               window_partition)
+                                               window_layout, window_partition)
 
 
 def _reference(q, k, v, position_bias, mask, scale):
@@ -35,6 +35,59 @@ def test_values_and_gradients_match_the_reference(shifted, grad_mode):
     expected_grads = torch.autograd.grad(expected, (q, k, v, bias), upstream)
     for got, want, name in zip(grads, expected_grads, 'qkvb'):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6, msg=name)
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('shifted', [False, True])
+def test_views_of_a_fused_projection_give_the_reference(batch, shifted):
+    """q, k, v as strided views of one (B, nW, N, 3, heads, d) projection, as WindowAttention passes them."""
+    generator = torch.Generator().manual_seed(2)
+    windows, heads, tokens, dim = 4, 3, 16, 5
+    qkv = torch.randn(batch, windows, tokens, 3, heads, dim, generator=generator)
+    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+    assert not q.is_contiguous()
+    bias = torch.randn(heads, tokens, tokens, generator=generator)
+    mask = shifted_window_mask(8, 8, 4, 2) if shifted else None
+    with torch.no_grad():
+        out = window_attention(q, k, v, bias, mask, 0.3)
+    assert out.shape == (batch, windows, heads, tokens, dim)
+    torch.testing.assert_close(out, _reference(q, k, v, bias, mask, 0.3), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('shift', [0, 2])
+def test_window_layout_is_roll_then_partition_with_masked_windows_last(shift):
+    x = torch.randn(2, 8, 12, 3)
+    layout = window_layout(8, 12, 4, shift)
+    rolled_windows = window_partition(torch.roll(x, shifts=(-shift, -shift), dims=(1, 2)), 4)  # (2, 6, 16, 3)
+    windows = x.flatten(1, 2)[:, layout.order].view(2, 6, 16, 3)
+    assert torch.equal(windows.flatten(1, 2)[:, layout.inverse], x.flatten(1, 2))
+    if not shift:
+        assert layout.mask is None and torch.equal(windows, rolled_windows)
+    else:
+        # the 3 x 2 windows of a grid shifted by 2: the last row and column (4 windows) carry masks, placed last
+        full = shifted_window_mask(8, 12, 4, 2)
+        masked = full.flatten(1).ne(0).any(1)
+        assert masked.tolist() == [False, False, True, True, True, True]
+        assert torch.equal(windows, torch.cat((rolled_windows[:, ~masked], rolled_windows[:, masked]), 1))
+        assert torch.equal(layout.mask, full[masked])
+    assert window_layout(8, 12, 4, shift) is layout  # cached
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_mask_of_the_last_windows_only(batch):
+    """A mask for the last W windows equals the full mask with zeros for the windows before them."""
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(batch, 6, 2, 16, 4, generator=generator) for _ in range(3))
+    bias = torch.randn(2, 16, 16, generator=generator)
+    mask = shifted_window_mask(8, 12, 4, 2)[2:]
+    full = torch.cat((torch.zeros(2, 16, 16), mask))
+    with torch.no_grad():
+        torch.testing.assert_close(window_attention(q, k, v, bias, mask, 0.4), _reference(q, k, v, bias, full, 0.4),
+                                   rtol=0, atol=1e-6)
+    q.requires_grad_()
+    bias.requires_grad_()
+    out = window_attention(q, k, v, bias, mask, 0.4)  # the training path
+    torch.testing.assert_close(out, _reference(q, k, v, bias, full, 0.4), rtol=0, atol=1e-6)
 
 
 def test_training_keeps_no_attention_matrices():
