@@ -327,18 +327,25 @@ class SwinIRBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = LeanMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
-    def attend(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
-        """Window attention over tokens (B, H·W, C) that are already normalised; returns (B, H·W, C)."""
+    def attend(self, x: torch.Tensor, x_size: Tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """Window attention over tokens (B, H·W, C); returns (B, H·W, C).
+
+        ``norm`` (a per-token normalisation) is applied after the tokens are gathered into windows: the same result,
+        and an input that is a strided view (DRCT's dense features) is read once instead of copied first.
+        """
         height, width = x_size
         batch, tokens, channels = x.shape
         layout = window_layout(height, width, self.window_size, self.shift_size, x.device)
-        windows = x.index_select(1, layout.order).view(batch, -1, self.window_size ** 2, channels)
-        windows = self.attn(windows, layout.mask)
+        windows = x.index_select(1, layout.order)
+        if norm is not None:
+            windows = norm(windows)
+        windows = self.attn(windows.view(batch, -1, self.window_size ** 2, channels), layout.mask)
         return windows.view(batch, tokens, channels).index_select(1, layout.inverse)
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attend(self.norm1(x), x_size))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        # each residual is added into the branch's own fresh output (no new tensor); x + branch == branch + x
+        x = self.drop_path(self.attend(x, x_size, self.norm1)).add_(x)
+        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, '
