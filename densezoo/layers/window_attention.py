@@ -82,12 +82,13 @@ class WindowLayout(NamedTuple):
 
     ``order`` (H·W,) gathers tokens in row-major order into windows (``x[:, order]``), ``inverse`` scatters them back
     (``windows[:, inverse]``). The windows whose tokens come from more than one region of the shifted grid (the
-    last row and column of windows) are placed last; ``mask`` (M, N, N) is the additive shifted-window mask of those
-    M windows, and the windows before them need no mask. ``mask`` is None without a shift.
+    last row and column of windows) are placed last: ``mask`` (nW, N, N) is the additive shifted-window mask in this
+    window order, zero for its first ``unmasked`` windows. ``mask`` is None without a shift.
     """
     order: torch.Tensor
     inverse: torch.Tensor
     mask: Optional[torch.Tensor]
+    unmasked: int
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,9 +103,12 @@ def _cached_window_layout(height: int, width: int, window_size: int, shift_size:
         full = shifted_window_mask(height, width, window_size, shift_size, device)
         masked = full.flatten(1).ne(0).any(1)
         windows = torch.cat((windows[~masked], windows[masked]))
-        mask = full[masked]
+        mask = torch.cat((full[~masked], full[masked]))
+        unmasked = int((~masked).sum())
+    else:
+        unmasked = windows.shape[0]
     order = windows.reshape(-1)
-    return WindowLayout(order, torch.argsort(order), mask)
+    return WindowLayout(order, torch.argsort(order), mask, unmasked)
 
 
 def window_layout(height: int, width: int, window_size: int, shift_size: int = 0,
@@ -172,21 +176,22 @@ class _FusedBiasedAttention(torch.autograd.Function):
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_bias: torch.Tensor,
-                     mask: Optional[torch.Tensor], scale: float, dropout_p: float = 0.) -> torch.Tensor:
+                     mask: Optional[torch.Tensor], scale: float, dropout_p: float = 0.,
+                     unmasked: int = 0) -> torch.Tensor:
     """softmax(q·kᵀ·scale + position_bias + mask)·v over windows.
 
     Args:
         q: (B, nW, heads, N, d) queries; k, v: (B, nW, heads, M, d) keys and values (M = N for self-attention).
             Any strides with a contiguous last dimension (views of a fused projection) are taken without copies.
         position_bias: (heads, N, M) relative-position bias.
-        mask: (W, N, M) additive mask of the last W windows (W ≤ nW; the windows before them are unmasked), or None.
+        mask: (nW, N, M) additive mask, or None.
+        unmasked: How many leading windows have a zero mask; they share the position bias instead of each adding
+            their mask (``WindowLayout`` puts the masked windows last).
     Returns:
         (B, nW, heads, N, d).
     """
     batch, windows = q.shape[:2]
     if _needs_bias_grad(q, position_bias, dropout_p):
-        if mask is not None and mask.shape[0] < windows:  # this path takes one mask per window
-            mask = torch.cat((mask.new_zeros(windows - mask.shape[0], *mask.shape[1:]), mask))
         return _FusedBiasedAttention.apply(q, k, v, position_bias, mask, scale)
     bias = position_bias.unsqueeze(0).to(q.dtype)
     if mask is None:
@@ -195,15 +200,16 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         return out.unflatten(0, (batch, windows))
     # unmasked windows share the (1, heads, N, M) bias; the last windows add their mask. Each image is one call per
     # part, so q, k and v stay views of the projection and the masked bias is not repeated per image.
-    plain = windows - mask.shape[0]
-    masked_bias = (bias + mask.unsqueeze(1)).to(q.dtype)
+    plain = unmasked
+    masked_bias = (bias + mask[plain:].unsqueeze(1)).to(q.dtype)
     parts = []
     for i in range(batch):
         if plain:
             parts.append(F.scaled_dot_product_attention(q[i, :plain], k[i, :plain], v[i, :plain], attn_mask=bias,
                                                         scale=scale, dropout_p=dropout_p))
-        parts.append(F.scaled_dot_product_attention(q[i, plain:], k[i, plain:], v[i, plain:],
-                                                    attn_mask=masked_bias, scale=scale, dropout_p=dropout_p))
+        if plain < windows:
+            parts.append(F.scaled_dot_product_attention(q[i, plain:], k[i, plain:], v[i, plain:],
+                                                        attn_mask=masked_bias, scale=scale, dropout_p=dropout_p))
     if len(parts) == 1:
         return parts[0].unsqueeze(0)
     # joined in the (windows, N, heads, d) order the caller merges heads in, presented as (windows, heads, N, d)
@@ -251,12 +257,12 @@ class WindowAttention(nn.Module):
         shifted-window mask gives the contiguous mask the fused attention kernel takes without copying)."""
         return gather_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows of N tokens; mask: (W, N, N) additive for the last W windows, or None."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, unmasked: int = 0) -> torch.Tensor:
+        """x: (B, nW, N, C) windows of N tokens; mask: (nW, N, N) additive, zero for the first ``unmasked``."""
         batch, windows, tokens, _ = x.shape
         qkv = self.qkv(x).view(batch, windows, tokens, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)
-        x = window_attention(q, k, v, self.position_bias(), mask, self.scale,
+        x = window_attention(q, k, v, self.position_bias(), mask, self.scale, unmasked=unmasked,
                              dropout_p=self.attn_drop if self.training else 0.)
         x = x.transpose(2, 3).reshape(batch, windows, tokens, -1)
         return self.proj_drop(self.proj(x))
@@ -330,16 +336,20 @@ class SwinIRBlock(nn.Module):
     def attend(self, x: torch.Tensor, x_size: Tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
         """Window attention over tokens (B, H·W, C); returns (B, H·W, C).
 
-        ``norm`` (a per-token normalisation) is applied after the tokens are gathered into windows: the same result,
-        and an input that is a strided view (DRCT's dense features) is read once instead of copied first.
+        ``norm`` (a per-token normalisation) is applied after the tokens are gathered into windows in inference: the
+        same result, and an input that is a strided view (DRCT's dense features) is read once instead of copied
+        first. When gradients are recorded it runs before the gather, so that its backward keeps the block input
+        (held anyway) rather than a gathered copy.
         """
         height, width = x_size
         batch, tokens, channels = x.shape
+        if norm is not None and torch.is_grad_enabled():
+            x, norm = norm(x), None
         layout = window_layout(height, width, self.window_size, self.shift_size, x.device)
         windows = x.index_select(1, layout.order)
         if norm is not None:
             windows = norm(windows)
-        windows = self.attn(windows.view(batch, -1, self.window_size ** 2, channels), layout.mask)
+        windows = self.attn(windows.view(batch, -1, self.window_size ** 2, channels), layout.mask, layout.unmasked)
         return windows.view(batch, tokens, channels).index_select(1, layout.inverse)
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:

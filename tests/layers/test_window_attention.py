@@ -69,25 +69,27 @@ def test_window_layout_is_roll_then_partition_with_masked_windows_last(shift):
         masked = full.flatten(1).ne(0).any(1)
         assert masked.tolist() == [False, False, True, True, True, True]
         assert torch.equal(windows, torch.cat((rolled_windows[:, ~masked], rolled_windows[:, masked]), 1))
-        assert torch.equal(layout.mask, full[masked])
+        assert torch.equal(layout.mask, torch.cat((full[~masked], full[masked]))) and layout.unmasked == 2
     assert window_layout(8, 12, 4, shift) is layout  # cached
 
 
+@pytest.mark.parametrize('unmasked', [0, 2, 6])
 @pytest.mark.parametrize('batch', [1, 2])
-def test_mask_of_the_last_windows_only(batch):
-    """A mask for the last W windows equals the full mask with zeros for the windows before them."""
+def test_leading_unmasked_windows_share_the_bias(batch, unmasked):
+    """Windows declared unmasked (their mask is zero) attend exactly as with the mask added, in both paths."""
     generator = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(batch, 6, 2, 16, 4, generator=generator) for _ in range(3))
     bias = torch.randn(2, 16, 16, generator=generator)
-    mask = shifted_window_mask(8, 12, 4, 2)[2:]
-    full = torch.cat((torch.zeros(2, 16, 16), mask))
+    mask = shifted_window_mask(8, 12, 4, 2)[[0, 1, 2, 3, 4, 5]].clone()
+    mask[:unmasked] = 0
+    expected = _reference(q, k, v, bias, mask, 0.4)
     with torch.no_grad():
-        torch.testing.assert_close(window_attention(q, k, v, bias, mask, 0.4), _reference(q, k, v, bias, full, 0.4),
-                                   rtol=0, atol=1e-6)
+        out = window_attention(q, k, v, bias, mask, 0.4, unmasked=unmasked)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     q.requires_grad_()
     bias.requires_grad_()
-    out = window_attention(q, k, v, bias, mask, 0.4)  # the training path
-    torch.testing.assert_close(out, _reference(q, k, v, bias, full, 0.4), rtol=0, atol=1e-6)
+    out = window_attention(q, k, v, bias, mask, 0.4, unmasked=unmasked)  # the training path
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
 def test_training_keeps_no_attention_matrices():
