@@ -27,7 +27,7 @@ def perturb_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def plain_state(model: nn.Module) -> dict:
     """State dict of a connected model without its connection entries."""
-    return {k: v for k, v in model.state_dict().items() if '.connection.' not in k}
+    return {k: v for k, v in model.state_dict().items() if '.connection.' not in f'.{k}'}
 
 
 FIXTURES = __import__('pathlib').Path(__file__).parent / 'fixtures'

@@ -32,6 +32,14 @@ families that support more give ``runner.run_block_streams(i, q, k, v, r)`` (sep
 ``runner.run_block_values(i, x, first_values, weights)`` (value residual). The runner owns gradient
 checkpointing, so every connection keeps it working.
 
+Every connection is called as ``connection(x, runner, depth=None, taps=None)``. The *state after block i* is what
+the connection passes on to block i + 1 as its (residual) input: the plain output for ``residual``, the average
+for ``dwa``, the group skip's result at the end of a ``rir`` group, the residual stream for a four-stream
+``mudd``; after the last block it is the stage output. ``depth`` runs only blocks 0..depth-1 and returns the state
+after block depth-1; ``taps`` (a dict whose keys are block indices) receives the state after each of those blocks.
+``connection.truncated(depth)`` is the connection of the first ``depth`` blocks alone, sharing the kept parameters:
+its output equals ``connection(x, runner, depth=depth)``, which is what pruning an isotropic model needs.
+
 Past block outputs are held by reference, each exactly once: nothing is concatenated or stacked, the weighted sums
 accumulate in place with one fused multiply-add per term and the dense fusion accumulates one matrix product per
 stored feature. Connection parameters are plain ``nn.Parameter``s on modules that are not ``nn.Linear`` or
@@ -39,6 +47,7 @@ stored feature. Connection parameters are plain ``nn.Parameter``s on modules tha
 ``init_weights()`` and user re-initialisation with ``model.apply(...)`` keep the connected network equal to the
 plain one at initialisation.
 """
+import copy
 import inspect
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -58,6 +67,9 @@ __all__ = [
 ]
 
 LAYOUTS = ('NHWC', 'NLC', 'NCHW')
+
+#: block index -> state after that block, filled in by a connection's forward (keys chosen by the caller)
+Taps = Optional[Dict[int, Optional[torch.Tensor]]]
 
 
 def weighted_sum(
@@ -99,6 +111,17 @@ def linear_over_chunks(
     return flat.view_as(out)
 
 
+def _tap(taps: Taps, index: int, state: torch.Tensor) -> None:
+    """Record ``state`` as the state after block ``index`` if the caller asked for it."""
+    if taps is not None and index in taps:
+        taps[index] = state
+
+
+def _leading(param: nn.Parameter, count: int) -> nn.Parameter:
+    """A new parameter holding the first ``count`` entries of the 1-D parameter ``param``."""
+    return nn.Parameter(param.detach()[:count].clone(), requires_grad=param.requires_grad)
+
+
 def _check_int(name: str, value, minimum: int, allowed: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f'{name}={value!r} is not allowed; {name} must be {allowed}')
@@ -119,8 +142,10 @@ def dwa_num_weights(num_blocks: int, dilation: int = 1, period: int = 1) -> int:
 class StageConnection(nn.Module):
     """Base class of the connections: runs the ``num_blocks`` blocks of one stage through a runner.
 
-    Subclasses implement ``forward(x, runner)`` and ``reset_parameters()``; ``no_weight_decay_names()`` lists the
-    mixing coefficients that weight decay would pull away from their identity values.
+    Subclasses implement ``forward(x, runner, depth=None, taps=None)`` (see the module docstring for ``depth``,
+    ``taps`` and the state after a block), ``reset_parameters()`` and, when they hold per-block parameters,
+    ``_truncate(depth)``; ``no_weight_decay_names()`` lists the mixing coefficients that weight decay would pull
+    away from their identity values.
     """
     kind: str = ''
     #: runner capability the connection needs beyond ``run_block`` (``'streams'`` or ``'values'``)
@@ -132,6 +157,33 @@ class StageConnection(nn.Module):
 
     def reset_parameters(self) -> None:
         """Restore the initial values of the connection parameters."""
+
+    def blocks_to_run(self, depth: Optional[int]) -> int:
+        """The number of blocks a call with ``depth`` runs (all when None); raises for a depth out of range."""
+        if depth is None:
+            return self.num_blocks
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.num_blocks:
+            raise ValueError(f'depth={depth!r} is not allowed; it must be an integer from 1 to {self.num_blocks}')
+        return depth
+
+    def truncated(self, depth: int) -> 'StageConnection':
+        """The connection of the first ``depth`` blocks alone: its output is this one's state after block depth-1.
+
+        Kept parameters are shared with this connection (the same ``nn.Parameter`` objects) except where the
+        truncation changes their shape (the last kept MUDD generator of a multi-stream connection); buffers are
+        copied. ``depth == num_blocks`` returns this connection itself.
+        """
+        depth = self.blocks_to_run(depth)
+        if depth == self.num_blocks:
+            return self
+        shared = {id(param): param for param in self.parameters()}
+        short = copy.deepcopy(self, shared)
+        short._truncate(depth)
+        short.num_blocks = depth
+        return short
+
+    def _truncate(self, depth: int) -> None:
+        """Drop, in place, what blocks ``depth`` and later use (called on a copy by ``truncated``)."""
 
     def no_weight_decay_names(self) -> List[str]:
         """Names (relative to this module) of parameters that should not use weight decay."""
@@ -153,9 +205,10 @@ class Residual(StageConnection):
     """The plain chain x_i = B_i(x_{i-1}); exactly the network being connected."""
     kind = 'residual'
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
-        for i in range(self.num_blocks):
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
+        for i in range(self.blocks_to_run(depth)):
             x = runner.run_block(i, x)
+            _tap(taps, i, x)
         return x
 
 
@@ -191,15 +244,20 @@ class DepthWeightedAverage(StageConnection):
     def mixing_macs(self, numel: int) -> int:
         return numel * sum(alpha.numel() for alpha in self.alphas.values())
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+    def _truncate(self, depth: int) -> None:
+        for key in [key for key in self.alphas.keys() if int(key) >= depth]:
+            del self.alphas[key]
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
         outputs = [x]
-        for i in range(self.num_blocks):
+        for i in range(self.blocks_to_run(depth)):
             y = runner.run_block(i, x)
             outputs.append(y)
             if (i + 1) % self.period == 0:
                 x = weighted_sum(outputs[(i + 1) % self.dilation::self.dilation], self.alphas[str(i)])
             else:
                 x = y
+            _tap(taps, i, x)
         return x
 
     def extra_repr(self) -> str:
@@ -212,8 +270,10 @@ class MultiwayDynamicDense(StageConnection):
     After block i (0-based) with output X_{i+1}, a generator makes per-position weights from X_{i+1}:
     ``RMSNorm (no scale) -> Linear(D, h) -> GELU -> Linear(h, C * (i + 2))``, reshaped to (C, i + 2) and added to
     a static bias of that shape. Stream c is sum_j w[c, j] X_j over X_0..X_{i+1}. Blocks before the last produce
-    C = ``num_streams`` streams (4: query, key, value and residual inputs of the next block, which the runner must
-    accept through ``run_block_streams``; 1: a single input), the last block one stream (the stage output).
+    C = ``num_streams`` streams (4: query, key, value and residual inputs of the next block, in that order, which the
+    runner must accept through ``run_block_streams``; 1: a single input), the last block one stream (the stage
+    output). The state after a block is its last stream: the residual stream, or the single one. Truncated to fewer
+    blocks, the last kept generator keeps only the residual stream's rows, so its output is that state.
 
     ``hidden_dim`` defaults to MUDDFormer's rule, (C * (i + 2)) // 64 * 64 + 64. The second generator weight is 0
     and the bias is 1 on X_{i+1} and 0 elsewhere at initialisation, so the stage starts as the plain one.
@@ -284,19 +344,34 @@ class MultiwayDynamicDense(StageConnection):
             return checkpoint(self._generate, index, y, use_reentrant=False)
         return self._generate(index, y)
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+    def _truncate(self, depth: int) -> None:
+        last = depth - 1
+        for name in ('w1', 'w2', 'bias'):
+            setattr(self, name, nn.ParameterList(list(getattr(self, name))[:depth]))
+        if self.num_streams > 1:  # the last kept block now feeds only the residual stream (the last one)
+            w2, bias = self.w2[last], self.bias[last]
+            inputs = last + 2
+            self.w2[last] = nn.Parameter(w2.detach()[-inputs:].clone(), requires_grad=w2.requires_grad)
+            self.bias[last] = nn.Parameter(bias.detach()[-1:].clone(), requires_grad=bias.requires_grad)
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
+        """Run the blocks; the state after a block is its last stream (the residual one, or the single one)."""
+        depth = self.blocks_to_run(depth)
         outputs = [x]
         streams = [x]
-        for i in range(self.num_blocks):
+        for i in range(depth):
             if len(streams) == 1:
                 y = runner.run_block(i, streams[0])
             else:
                 y = runner.run_block_streams(i, *streams)
             outputs.append(y)
             weights = self.dynamic_weights(i, y)
-            streams = [weighted_sum(outputs, weights[..., c, :], per_position=True)
-                       for c in range(self.streams_after(i))]
-        return streams[0]
+            count = self.streams_after(i)
+            # stopping early, only the residual stream (the state after this block) is needed
+            wanted = range(count) if i < depth - 1 else range(count - 1, count)
+            streams = [weighted_sum(outputs, weights[..., c, :], per_position=True) for c in wanted]
+            _tap(taps, i, streams[-1])
+        return streams[-1]
 
     def extra_repr(self) -> str:
         return f'num_blocks={self.num_blocks}, dim={self.dim}, num_streams={self.num_streams}'
@@ -377,15 +452,23 @@ class ResidualInResidual(StageConnection):
             branch = branch * self.residual_scale
         return x_in + branch
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
-        stage_input = x
-        for group in range(self.num_blocks // self.group_size):
-            group_input = x
-            for i in range(group * self.group_size, (group + 1) * self.group_size):
-                x = runner.run_block(i, x)
-            x = self._skip(group, group_input, x)
-        if self.long_skip:
-            x = self._skip(len(self.weight) - 1, stage_input, x)
+    def _truncate(self, depth: int) -> None:
+        # complete groups keep their projection; a trailing partial group and the long skip are left open
+        groups = depth // self.group_size
+        self.weight = nn.ParameterList(list(self.weight)[:groups])
+        self.bias = nn.ParameterList(list(self.bias)[:groups])
+        self.long_skip = False
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
+        stage_input = group_input = x
+        for i in range(self.blocks_to_run(depth)):
+            x = runner.run_block(i, x)
+            if (i + 1) % self.group_size == 0:
+                x = self._skip(i // self.group_size, group_input, x)
+                group_input = x
+            if self.long_skip and i == self.num_blocks - 1:
+                x = self._skip(len(self.weight) - 1, stage_input, x)
+            _tap(taps, i, x)
         return x
 
     def extra_repr(self) -> str:
@@ -434,13 +517,18 @@ class DenseConcat(StageConnection):
             for param in [*self.transition_bias, *self.fuse_weight, *self.fuse_bias]:
                 param.zero_()
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+    def _truncate(self, depth: int) -> None:
+        for name in ('transition_weight', 'transition_bias', 'fuse_weight', 'fuse_bias'):
+            setattr(self, name, nn.ParameterList(list(getattr(self, name))[:depth]))
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
         features = [x]
-        for i in range(self.num_blocks):
+        for i in range(self.blocks_to_run(depth)):
             y = runner.run_block(i, x)
             features.append(F.linear(y, self.transition_weight[i], self.transition_bias[i]))
             widths = [self.dim] + [self.growth] * (i + 1)
             x = y + linear_over_chunks(features, widths, self.fuse_weight[i], self.fuse_bias[i])
+            _tap(taps, i, x)
         return x
 
     def extra_repr(self) -> str:
@@ -468,9 +556,13 @@ class ReZero(StageConnection):
     def no_weight_decay_names(self) -> List[str]:
         return ['alpha']
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
-        for i in range(self.num_blocks):
+    def _truncate(self, depth: int) -> None:
+        self.alpha = _leading(self.alpha, depth)
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
+        for i in range(self.blocks_to_run(depth)):
             x = torch.lerp(x, runner.run_block(i, x), self.alpha[i])
+            _tap(taps, i, x)
         return x
 
     def extra_repr(self) -> str:
@@ -531,8 +623,15 @@ class LAuReL(StageConnection):
     def no_weight_decay_names(self) -> List[str]:
         return ['alpha', 'beta'] if self.alpha is not None else []
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
-        for i in range(self.num_blocks):
+    def _truncate(self, depth: int) -> None:
+        if self.alpha is not None:
+            self.alpha, self.beta = _leading(self.alpha, depth), _leading(self.beta, depth)
+        if self.rank:
+            self.down = nn.ParameterList(list(self.down)[:depth])
+            self.up = nn.ParameterList(list(self.up)[:depth])
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
+        for i in range(self.blocks_to_run(depth)):
             branch = runner.run_block(i, x) - x
             skip = x
             if self.rank:
@@ -541,6 +640,7 @@ class LAuReL(StageConnection):
                 x = branch * self.alpha[i] + skip * self.beta[i]
             else:
                 x = branch + skip
+            _tap(taps, i, x)
         return x
 
     def extra_repr(self) -> str:
@@ -553,7 +653,8 @@ class ValueResidual(StageConnection):
     Block i > 0 uses V_i <- (1 - lambda_i) V_i + lambda_i V_1 as its attention values, V_1 being the first block's
     value projection (before the head split). ``lambda_init`` = 0.5 is the official ResFormer setting
     (V_i <- 0.5 V_i + 0.5 V_1); with ``learnable`` the lambdas are trained from there (the paper's learnable
-    variant), otherwise they stay fixed. The runner must provide ``run_block_values``.
+    variant), otherwise they stay fixed. The runner must provide ``run_block_values``. A single-block connection
+    has no lambda to learn; its (empty) ``weights`` are then a buffer.
     """
     kind = 'value_residual'
     requires = 'values'
@@ -571,24 +672,37 @@ class ValueResidual(StageConnection):
             raise ValueError(f'lambda_init={lambda_init!r} is not allowed; it must lie in [0, 1]')
         self.lambda_init = float(lambda_init)
         self.learnable = bool(learnable)
-        weights = torch.empty(max(num_blocks - 1, 0), device=device, dtype=dtype)
-        if self.learnable:
+        self._set_weights(torch.empty(num_blocks - 1, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def _set_weights(self, weights: torch.Tensor) -> None:
+        """Hold the lambdas: a parameter when learnable (and not empty), else a buffer."""
+        if 'weights' in self._parameters or 'weights' in self._buffers:
+            delattr(self, 'weights')
+        if self.learnable and weights.numel():
             self.weights = nn.Parameter(weights)
         else:
             self.register_buffer('weights', weights)
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.weights.fill_(self.lambda_init)
 
     def no_weight_decay_names(self) -> List[str]:
-        return ['weights'] if self.learnable else []
+        return ['weights'] if isinstance(self.weights, nn.Parameter) else []
 
-    def forward(self, x: torch.Tensor, runner) -> torch.Tensor:
+    def _truncate(self, depth: int) -> None:
+        frozen = not self.weights.requires_grad
+        self._set_weights(self.weights.detach()[:depth - 1].clone())
+        if frozen and isinstance(self.weights, nn.Parameter):
+            self.weights.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
         x, first_values = runner.run_block_values(0, x, None, None)
-        for i in range(1, self.num_blocks):
+        _tap(taps, 0, x)
+        for i in range(1, self.blocks_to_run(depth)):
             x, _ = runner.run_block_values(i, x, first_values, self.weights[i - 1])
+            _tap(taps, i, x)
         return x
 
     def extra_repr(self) -> str:

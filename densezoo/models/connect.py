@@ -8,11 +8,16 @@ loads: connection parameters it lacks are set to their initial values (identity 
 
 Model families describe their stages to this module with ``register_family``; a family file (``swin.py``, ...)
 defines, for each timm stage class, a subclass that mixes in ``ConnectedStage``.
+
+Isotropic models (ViT, LookupViT: one list of blocks that keep the token shape) are one stage: the connection spans
+the whole body, is stored as ``model.connection`` and the model itself is the runner. Such a family mixes
+``ConnectedIsotropic`` into its model class and registers it with ``register_isotropic_family``; see
+``ConnectedIsotropic`` for the contract.
 """
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,10 +26,23 @@ from timm.models._manipulate import checkpoint
 
 from densezoo.layers.connections import CONNECTION_KINDS, StageConnection, create_connection
 
-__all__ = ['connect', 'register_family', 'StageFamily', 'ConnectedStage', 'ConnectedModel', 'connection_parameters',
-           'model_family']
+__all__ = ['connect', 'register_family', 'StageFamily', 'ConnectedStage', 'ConnectedModel', 'ConnectedIsotropic',
+           'register_isotropic_family', 'run_maybe_checkpointed', 'connection_parameters', 'model_family',
+           'start_missing_connections']
 
 _logger = logging.getLogger(__name__)
+
+
+def run_maybe_checkpointed(enabled: bool, function: Callable, *args):
+    """``function(*args)``; with ``enabled`` its activations are recomputed in the backward pass instead of kept."""
+    if enabled and not torch.jit.is_scripting():
+        return checkpoint(function, *args)
+    return function(*args)
+
+
+def _refuse_torchscript():
+    raise RuntimeError('connected densezoo stages cannot be compiled by TorchScript (deprecated in PyTorch); '
+                       'use torch.compile or torch.export instead')
 
 
 class ConnectedStage:
@@ -37,18 +55,14 @@ class ConnectedStage:
 
     def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Run block ``index`` on ``x``."""
-        block = self.blocks[index]
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x)
-        return block(x)
+        return run_maybe_checkpointed(self.grad_checkpointing, self.blocks[index], x)
 
     def run_connected_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """Run all blocks of the stage on the stage input ``x`` through the connection."""
         return self.connection(x, self)
 
     def __prepare_scriptable__(self):
-        raise RuntimeError('connected densezoo stages cannot be compiled by TorchScript (deprecated in PyTorch); '
-                           'use torch.compile or torch.export instead')
+        _refuse_torchscript()
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,9 @@ class StageFamily:
         layout: Feature layout of the blocks ('NHWC', 'NLC' or 'NCHW').
         capabilities: Runner capabilities beyond ``run_block`` ('streams', 'values').
         default_options: Per-kind default options for this family (e.g. MUDD streams).
+        model_capabilities: Optional; the capabilities of one model, when they depend on its blocks (a family
+            whose models may hold blocks the runner cannot split into query/key/value inputs). Replaces
+            ``capabilities`` when given.
     """
     name: str
     model_types: Tuple[type, ...]
@@ -73,6 +90,11 @@ class StageFamily:
     layout: str = 'NHWC'
     capabilities: FrozenSet[str] = frozenset()
     default_options: Dict[str, Dict[str, object]] = field(default_factory=dict)
+    model_capabilities: Optional[Callable[[nn.Module], FrozenSet[str]]] = None
+
+    def capabilities_of(self, model: nn.Module) -> FrozenSet[str]:
+        """Runner capabilities of ``model`` beyond ``run_block``."""
+        return self.model_capabilities(model) if self.model_capabilities else self.capabilities
 
 
 _FAMILIES: List[StageFamily] = []
@@ -115,11 +137,13 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
     if kind not in CONNECTION_KINDS:
         raise ValueError(f'unknown connection kind {kind!r}; choose one of {", ".join(CONNECTION_KINDS)}')
     stages = family.stages(model)
-    already = [name for name, stage in stages if isinstance(stage, ConnectedStage)]
+    already = [(name, stage) for name, stage in stages
+               if isinstance(getattr(stage, 'connection', None), StageConnection)]
     if already:
-        raise ValueError(f'{already[0]} is already connected ({stages[0][1].connection.kind!r}); '
+        raise ValueError(f'{already[0][0]} is already connected ({already[0][1].connection.kind!r}); '
                          f'connect a plain model instead')
     options = {**family.default_options.get(kind, {}), **options}
+    capabilities = family.capabilities_of(model)
 
     built = []
     for name, stage in stages:
@@ -130,7 +154,7 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
                 device=param.device, dtype=param.dtype, **options)
         except ValueError as err:
             raise ValueError(f'{name}: {err}') from None
-        if connection.requires and connection.requires not in family.capabilities:
+        if connection.requires and connection.requires not in capabilities:
             raise _capability_error(kind, family, connection.requires)
         built.append((stage, connection))
 
@@ -140,7 +164,7 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
     model.connection_kind = kind
     model.connection_args = dict(options)
     if not getattr(model, '_connection_load_hook', False):
-        model.register_load_state_dict_pre_hook(_start_missing_connections)
+        model.register_load_state_dict_pre_hook(start_missing_connections)
         model._connection_load_hook = True
     return model
 
@@ -157,7 +181,7 @@ def connection_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
             for name, param in module.named_parameters()}
 
 
-def _start_missing_connections(module, state_dict, prefix, local_metadata, strict, missing_keys,
+def start_missing_connections(module, state_dict, prefix, local_metadata, strict, missing_keys,
                                unexpected_keys, error_msgs) -> None:
     """Load-state-dict pre-hook: a checkpoint without a connection's entries gets their initial values."""
     started = []
@@ -186,6 +210,10 @@ class ConnectedModel:
     mixing coefficients that weight decay would pull away from their initial values are excluded from it.
     """
 
+    def connection_group_rules(self, coarse: bool) -> List[Tuple[str, Tuple[int, ...]]]:
+        """``group_matcher`` rules (regex, ordinal) that place connection parameters after their stage's blocks."""
+        return [] if coarse else [(r'^layers\.(\d+)\.connection\.', (99990,))]
+
     @torch.jit.ignore
     def no_weight_decay(self):
         names = set(super().no_weight_decay())
@@ -196,7 +224,87 @@ class ConnectedModel:
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
-        matcher = super().group_matcher(coarse)
-        if not coarse:
-            matcher['blocks'] = [(r'^layers\.(\d+)\.connection\.', (99990,)), *matcher['blocks']]
+        matcher = dict(super().group_matcher(coarse))
+        rules = self.connection_group_rules(coarse)
+        if rules:
+            blocks = matcher['blocks']
+            matcher['blocks'] = [*rules, *([(blocks, None)] if isinstance(blocks, str) else blocks)]
         return matcher
+
+
+class ConnectedIsotropic(ConnectedModel):
+    """Mixin for an isotropic model whose whole body (``self.blocks``) is one stage connected by ``self.connection``.
+
+    The model is the connection's runner. It must provide ``run_block(index, x)`` (block ``index`` on the tokens
+    ``x``, with its own gradient checkpointing) and may provide ``run_block_streams`` / ``run_block_values`` (see
+    ``densezoo.layers.connections``); it must route its body through the two methods this mixin overrides:
+
+    - ``run_blocks(x)``: all blocks on the tokens ``x`` (what ``forward_features`` runs);
+    - ``block_states(x, take_indices, stop)``: the state after block ``stop - 1`` and the states after the blocks in
+      ``take_indices`` (what ``forward_intermediates`` runs). A state is what the connection passes on after a block
+      (``StageConnection`` explains it per kind), so intermediates of a connected model are the tokens its next
+      block receives, and the last one is the body's output.
+
+    Both take an optional ``runner`` that replaces the model (e.g. one binding an attention mask).
+    ``prune_intermediate_layers`` truncates the connection along with the blocks (``StageConnection.truncated``),
+    so a pruned model gives the same intermediates as the full one. Connection parameters (``connection.*``) form
+    the layer-decay group after the last block (a final norm that timm matches to the previous group joins it).
+    MRO: put this mixin before the plain model class.
+    """
+    connection: StageConnection
+
+    def connection_group_rules(self, coarse: bool) -> List[Tuple[str, Tuple[int, ...]]]:
+        return [(r'^connection\.', (99990,))]
+
+    def run_blocks(self, x: torch.Tensor, runner: Optional[object] = None) -> torch.Tensor:
+        """Run all blocks on ``x`` through the connection."""
+        return self.connection(x, self if runner is None else runner)
+
+    def block_states(
+            self,
+            x: torch.Tensor,
+            take_indices: Sequence[int],
+            stop: int,
+            runner: Optional[object] = None,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The state after block ``stop - 1`` and, in block order, the states after the blocks in ``take_indices``
+        (those below ``stop``)."""
+        taps = {index: None for index in take_indices if index < stop}
+        x = self.connection(x, self if runner is None else runner, depth=stop, taps=taps)
+        return x, [taps[index] for index in sorted(taps)]
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Keep the blocks needed for the intermediates ``indices`` and the matching part of the connection."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if len(self.blocks) != self.connection.num_blocks:
+            self.connection = self.connection.truncated(len(self.blocks))
+        return take_indices
+
+    def __prepare_scriptable__(self):
+        _refuse_torchscript()
+
+
+def register_isotropic_family(
+        name: str,
+        model_type: type,
+        connected_type: type,
+        capabilities: FrozenSet[str] = frozenset(),
+        default_options: Optional[Dict[str, Dict[str, object]]] = None,
+        model_capabilities: Optional[Callable[[nn.Module], FrozenSet[str]]] = None,
+) -> StageFamily:
+    """Make ``connect`` rewire models of ``model_type`` across all their blocks (``model.blocks``, layout 'NLC').
+
+    ``connected_type`` (a subclass of ``ConnectedIsotropic`` and ``model_type``) replaces the class of a plain
+    model when it is connected; a ``connected_type`` may also call ``connect(self, ...)`` in its own ``__init__``.
+    The stage is named ``'blocks'`` in messages; its width is ``model.embed_dim``.
+    """
+    return register_family(StageFamily(
+        name=name, model_types=(model_type,), stages=lambda model: [('blocks', model)],
+        connected_stages={model_type: connected_type, connected_type: connected_type},
+        stage_dim=lambda model: model.embed_dim, layout='NLC', capabilities=frozenset(capabilities),
+        default_options=dict(default_options or {}), model_capabilities=model_capabilities))

@@ -292,6 +292,92 @@ def test_gradients_reach_every_connection_parameter(case):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+class RecordingStage(ToyStage):
+    """A toy runner that records the residual input each block receives."""
+
+    def __init__(self, num_blocks: int, dim: int = DIM):
+        super().__init__(num_blocks, dim)
+        self.inputs = {}
+
+    def run_block(self, index, x):
+        self.inputs[index] = x
+        return super().run_block(index, x)
+
+    def run_block_streams(self, index, q, k, v, r):
+        self.inputs[index] = r
+        return super().run_block_streams(index, q, k, v, r)
+
+    def run_block_values(self, index, x, first_values, weight):
+        self.inputs[index] = x
+        return super().run_block_values(index, x, first_values, weight)
+
+
+def _case_blocks(options):
+    return 10 if options.get('period') == 5 else 6
+
+
+@pytest.mark.parametrize('case', CASES, ids=_case_id)
+def test_taps_are_the_states_passed_on_and_truncation_keeps_them(case):
+    """The state after block i is the residual input of block i + 1 (MUDD: the residual stream) and the output of
+    the connection run to depth i + 1 or truncated to i + 1 blocks; the last state is the stage output."""
+    kind, options = case
+    num_blocks = _case_blocks(options)
+    _, conn = make(kind, num_blocks=num_blocks, **options)
+    randomize(conn)
+    torch.manual_seed(0)
+    stage = RecordingStage(num_blocks)
+    stage, conn, x = stage.double(), conn.double(), x_input().double()
+    taps = dict.fromkeys(range(num_blocks))
+    with torch.no_grad():
+        out = conn(x, stage, taps=taps)
+        assert torch.equal(out, conn(x, stage)) and torch.equal(taps[num_blocks - 1], out)
+        for i in range(num_blocks - 1):
+            assert torch.equal(taps[i], stage.inputs[i + 1]), i
+        for depth in range(1, num_blocks + 1):
+            short = conn.truncated(depth)
+            assert short.num_blocks == depth and (short is conn) == (depth == num_blocks)
+            torch.testing.assert_close(conn(x, stage, depth=depth), taps[depth - 1], rtol=0, atol=0)
+            torch.testing.assert_close(short(x, stage), taps[depth - 1], rtol=1e-12, atol=1e-12)
+            assert [c[1] for c in stage.calls[-depth:]] == list(range(depth))
+
+
+@pytest.mark.parametrize('case', CASES, ids=_case_id)
+def test_truncation_shares_kept_parameters_and_every_one_is_used(case):
+    kind, options = case
+    stage, conn = make(kind, num_blocks=_case_blocks(options), **options)
+    randomize(conn)
+    full = {id(p) for p in conn.parameters()}
+    short = conn.truncated(3)
+    assert sum(id(p) in full for p in short.parameters()) >= len(list(short.parameters())) - 2
+    short(x_input(), stage).square().mean().backward()
+    for name, param in short.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert set(short.no_weight_decay_names()) <= {n for n, _ in short.named_parameters()}
+    short.reset_parameters()  # re-initialisation keeps working on the truncated shapes
+
+
+def test_truncated_shapes():
+    mudd = C.MultiwayDynamicDense(5, DIM, num_streams=4).truncated(3)
+    assert [tuple(b.shape) for b in mudd.bias] == [(4, 2), (4, 3), (1, 4)]
+    assert [tuple(w.shape[:1]) for w in mudd.w2] == [(8,), (12,), (4,)]
+    rir = C.ResidualInResidual(6, DIM, group_size=2, long_skip=True).truncated(5)
+    assert len(rir.weight) == 2 and not rir.long_skip  # the trailing open group and the long skip are dropped
+    dwa = C.DepthWeightedAverage(6, period=2).truncated(4)
+    assert sorted(dwa.alphas.keys()) == ['1', '3']
+    value = C.ValueResidual(4).truncated(1)
+    assert value.weights.numel() == 0 and not list(value.parameters()) and value.no_weight_decay_names() == []
+
+
+@pytest.mark.parametrize('depth', [0, 7, 2.0, True])
+def test_depth_out_of_range_is_a_one_line_error(depth):
+    stage, conn = make('dwa')
+    for call in (lambda: conn(x_input(), stage, depth=depth), lambda: conn.truncated(depth)):
+        with pytest.raises(ValueError, match=rf'^depth={depth!r} is not allowed; it must be an integer from 1 to '
+                                             rf'6$') as info:
+            call()
+        assert '\n' not in str(info.value)
+
+
 @pytest.mark.parametrize('num_blocks', [1, 2, 6, 12])
 def test_dwa_parameter_count(num_blocks):
     conn = C.DepthWeightedAverage(num_blocks)
