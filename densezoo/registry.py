@@ -48,13 +48,16 @@ class ModelRow(NamedTuple):
 def model_rows(pattern: str = '', task: Optional[str] = None) -> List[ModelRow]:
     """One row per registered model: family, connection and exact parameter count (counted on the meta device).
 
-    The connection of a plain SR model is its own (``built-in``: SwinIR's residual groups, DRCT's dense groups, ...).
+    A plain backbone's connection is ``residual``; a plain SR model's is its own (``built-in``: SwinIR's residual
+    groups, DRCT's dense groups, ...).
     """
+    restoration = set(list_models(pattern, 'sr'))
     rows = []
     for name in list_models(pattern, task):
         with torch.device('meta'):
             model = timm.create_model(name, device='meta')
-        rows.append(ModelRow(name, _family(model), getattr(model, 'connection_kind', 'built-in'),
+        plain = 'built-in' if name in restoration else 'residual'
+        rows.append(ModelRow(name, _family(model), getattr(model, 'connection_kind', plain),
                              sum(p.numel() for p in model.parameters())))
     return rows
 
@@ -64,7 +67,7 @@ def _family(model) -> str:
     try:
         return model_family(model)
     except ValueError:  # a family densezoo.connect does not rewire
-        return type(model).__name__
+        return type(model).__name__.removeprefix('Connected')
 
 
 def model_table(pattern: str = '', task: Optional[str] = None) -> str:
