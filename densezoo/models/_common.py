@@ -7,7 +7,7 @@ from torch import nn
 
 from timm.models import get_arch_pretrained_cfgs, register_model
 
-__all__ = ['connected_cfgs', 'register_connected', 'check_image_input']
+__all__ = ['connected_cfgs', 'register_connected', 'check_image_input', 'check_image_batch', 'is_tracing']
 
 
 def connected_cfgs(base_archs: Iterable[str], kinds: Iterable[str]) -> Dict[str, dict]:
@@ -59,17 +59,26 @@ def _size(value) -> Tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def check_image_input(patch_embed: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
-    """Forward pre-hook for a timm ``PatchEmbed``: a one-line ``ValueError`` for inputs it cannot take."""
-    x = args[0]
-    if isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting():
-        return
-    in_chans = patch_embed.proj.in_channels
+def is_tracing(x) -> bool:
+    """Whether ``x`` is traced (FX, TorchScript): input checks are skipped then."""
+    return isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.jit.is_tracing()
+
+
+def check_image_batch(x: torch.Tensor, in_chans: int) -> None:
+    """A one-line ``ValueError`` unless ``x`` is an image batch (B, ``in_chans``, H, W)."""
     if x.dim() != 4:
         raise ValueError(f'expected an image batch of shape (B, {in_chans}, H, W), got shape {tuple(x.shape)}')
     if x.shape[1] != in_chans:
         raise ValueError(f'expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); '
                          f'create the model with in_chans={x.shape[1]}')
+
+
+def check_image_input(patch_embed: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
+    """Forward pre-hook for a timm ``PatchEmbed``: a one-line ``ValueError`` for inputs it cannot take."""
+    x = args[0]
+    if is_tracing(x):
+        return
+    check_image_batch(x, patch_embed.proj.in_channels)
     height, width = x.shape[-2:]
     ph, pw = _size(patch_embed.patch_size)
     if patch_embed.strict_img_size:

@@ -28,7 +28,7 @@ from densezoo.layers.connections import CONNECTION_KINDS, StageConnection, creat
 
 __all__ = ['connect', 'register_family', 'StageFamily', 'ConnectedStage', 'ConnectedModel', 'ConnectedIsotropic',
            'register_isotropic_family', 'run_maybe_checkpointed', 'connection_parameters', 'model_family',
-           'start_missing_connections']
+           'start_missing_connections', 'mark_connected']
 
 _logger = logging.getLogger(__name__)
 
@@ -161,6 +161,12 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
     for stage, connection in built:
         stage.__class__ = family.connected_stages[type(stage)]
         stage.connection = connection
+    return mark_connected(model, kind, options)
+
+
+def mark_connected(model: nn.Module, kind: str, options: Dict[str, object]) -> nn.Module:
+    """Record ``kind`` and ``options`` on a model whose stages were just connected, and make checkpoints without
+    connection entries load into it (``start_missing_connections``); returns the model."""
     model.connection_kind = kind
     model.connection_args = dict(options)
     if not getattr(model, '_connection_load_hook', False):

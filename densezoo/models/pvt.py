@@ -41,7 +41,7 @@ from timm.models.pvt_v2 import (Attention, MlpWithDepthwiseConv, PyramidVisionTr
 from timm.models.pvt_v2 import checkpoint_filter_fn as _pvt_v2_filter
 
 from densezoo.layers.connections import StageConnection
-from densezoo.models._common import connected_cfgs, register_connected
+from densezoo.models._common import check_image_batch, connected_cfgs, is_tracing, register_connected
 from densezoo.models.connect import ConnectedModel, ConnectedStage, StageFamily, connect, register_family
 
 __all__ = ['PyramidVisionTransformer', 'ConnectedPyramidVisionTransformer', 'ConnectedPyramidVisionTransformerV2',
@@ -268,18 +268,6 @@ class PvtStage(nn.Module):
         return x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
 
 
-def _check_image_batch(x: torch.Tensor, in_chans: int) -> None:
-    if x.dim() != 4:
-        raise ValueError(f'expected an image batch of shape (B, {in_chans}, H, W), got shape {tuple(x.shape)}')
-    if x.shape[1] != in_chans:
-        raise ValueError(f'expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); '
-                         f'create the model with in_chans={x.shape[1]}')
-
-
-def _is_tracing(x) -> bool:
-    return isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.jit.is_tracing()
-
-
 class PyramidVisionTransformer(nn.Module):
     """PVT v1 (Wang et al., ICCV 2021) in timm's PVT v2 layout, numerically the official classification model.
 
@@ -419,9 +407,9 @@ class PyramidVisionTransformer(nn.Module):
                              f'PVT; resize or pad the image to a multiple of {stride}')
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if _is_tracing(x):
+        if is_tracing(x):
             return
-        _check_image_batch(x, self.in_chans)
+        check_image_batch(x, self.in_chans)
         height, width = x.shape[-2:]
         self._check_size(height, width)
         if not self.dynamic_img_size and (height, width) != self.img_size:
@@ -589,8 +577,8 @@ class _ConnectedPvtModel(ConnectedModel):
 
 def _check_v2_input(patch_embed: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
     """Forward pre-hook of PVT v2's patch embedding: a one-line ``ValueError`` for inputs it cannot take."""
-    if not _is_tracing(args[0]):
-        _check_image_batch(args[0], patch_embed.proj.in_channels)
+    if not is_tracing(args[0]):
+        check_image_batch(args[0], patch_embed.proj.in_channels)
 
 
 class ConnectedPyramidVisionTransformerV2(_ConnectedPvtModel, PyramidVisionTransformerV2):

@@ -52,8 +52,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.rdnet import DenseBlock, DenseStage, RDNet, checkpoint_filter_fn
 
 from densezoo.layers.connections import StageConnection, create_connection
-from densezoo.models._common import connected_cfgs, register_connected
-from densezoo.models.connect import start_missing_connections
+from densezoo.models._common import check_image_batch, connected_cfgs, is_tracing, register_connected
+from densezoo.models.connect import mark_connected
 
 __all__ = ['ConnectedRDNet', 'ConnectedDenseStage', 'DenseResidualInResidual', 'connect_rdnet', 'RDNET_CONNECTIONS',
            'checkpoint_filter_fn']
@@ -236,12 +236,7 @@ def connect_rdnet(model: RDNet, kind: str, **options) -> RDNet:
     for stage, connection in built:
         stage.__class__ = ConnectedDenseStage
         stage.connection = connection
-    model.connection_kind = kind
-    model.connection_args = dict(options)
-    if not getattr(model, '_connection_load_hook', False):
-        model.register_load_state_dict_pre_hook(start_missing_connections)
-        model._connection_load_hook = True
-    return model
+    return mark_connected(model, kind, options)
 
 
 def _min_input_size(model: RDNet) -> int:
@@ -266,14 +261,9 @@ def _check_input(first_conv: nn.Conv2d, args, min_size: int = 1) -> None:
     It sits on the convolution, not on the stem, because ``features_only`` unpacks the stem into its layers.
     """
     x = args[0]
-    if isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting():
+    if is_tracing(x):
         return
-    in_chans = first_conv.in_channels
-    if x.dim() != 4:
-        raise ValueError(f'expected an image batch of shape (B, {in_chans}, H, W), got shape {tuple(x.shape)}')
-    if x.shape[1] != in_chans:
-        raise ValueError(f'expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); '
-                         f'create the model with in_chans={x.shape[1]}')
+    check_image_batch(x, first_conv.in_channels)
     height, width = x.shape[-2:]
     if min(height, width) < min_size:
         raise ValueError(f'input size {height}x{width} is too small; this RDNet needs at least '
