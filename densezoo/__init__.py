@@ -6,8 +6,9 @@ from densezoo.layers.connections import CONNECTION_KINDS, connection_options
 from densezoo.models import *  # noqa: F401,F403  (registers the models)
 from densezoo.models.connect import connect, connection_parameters
 from densezoo.registry import list_models, model_table
+from densezoo.tasks.segmentation import Segmentor, create_segmentor
 from densezoo.version import __version__
 
 __all__ = ['connect', 'connection_options', 'connection_parameters', 'CONNECTION_KINDS', 'list_models',
-           'model_table', '__version__']
+           'model_table', 'create_segmentor', 'Segmentor', '__version__']
 

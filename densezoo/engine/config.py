@@ -32,6 +32,11 @@ class ModelConfig:
     compile: bool = False
     compile_backend: str = 'inductor'
     grad_checkpointing: bool = False
+    # segmentation (task: seg): the backbone `name` (features_only) + a decode head
+    head: str = 'upernet'  # 'upernet', 'fpn', 'segformer' or 'dpt'
+    head_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {channels: 512}
+    out_indices: Optional[Tuple[int, ...]] = None  # feature maps of the backbone; default: chosen by the head
+    aux_head: bool = False  # mmseg's auxiliary FCN head on the stride-16 map (loss weight 0.4)
 
 
 @dataclass
@@ -78,6 +83,11 @@ class DataConfig:
     grey: str = 'L'  # channels 1: 'L' (PIL luma) or 'Y' (MATLAB rgb2ycbcr Y)
     val_y_channel: Optional[bool] = None  # PSNR / SSIM on Y; default: yes for upscale > 1, RGB for upscale 1
     val_crop_border: Optional[int] = None  # pixels cut from each border before scoring; default: upscale
+    # segmentation (task: seg): <root>/images/<split>/* with label maps <root>/annotations/<split>/*.png
+    num_classes: Optional[int] = None  # required for task seg (label 255 is ignored)
+    resize_short: Optional[int] = None  # short side before random scaling / for evaluation; null: keep
+    ratio_range: Tuple[float, float] = (0.5, 2.0)  # random scale of the training images (crop size: img_size)
+    reduce_zero_label: bool = False  # label 0 -> 255 (ignored), others - 1 (ADE20K's 150 classes)
 
 
 @dataclass
@@ -306,6 +316,8 @@ def _check(config: TrainConfig) -> None:
             f"sched.unit={config.sched.unit!r} is not allowed; use 'epochs' or 'steps'")
     if config.task == 'sr':
         _check_sr(config, require)
+    elif config.task == 'seg':
+        _check_seg(config, require)
     else:
         require(config.loss is None, f"loss={config.loss!r} is only used by task sr; {config.task}'s loss follows "
                                      f"data.label_smoothing, data.mixup and data.cutmix")
@@ -327,3 +339,17 @@ def _check_sr(config: TrainConfig, require) -> None:
     require(data.noise_sigma >= 0, f'data.noise_sigma={data.noise_sigma} must be 0 or more')
     require(data.val_crop_border is None or data.val_crop_border >= 0,
             f'data.val_crop_border={data.val_crop_border} must be 0 or more')
+
+
+def _check_seg(config: TrainConfig, require) -> None:
+    data, model = config.data, config.model
+    require(config.loss is None, f"loss={config.loss!r} is not used by task seg (pixel-wise cross entropy)")
+    require(data.num_classes is not None and data.num_classes >= 1,
+            f'data.num_classes={data.num_classes} is not allowed; task seg needs the number of classes (e.g. 150)')
+    require(model.head in ('upernet', 'fpn', 'segformer', 'dpt'),
+            f"model.head={model.head!r} is not allowed; use upernet, fpn, segformer or dpt")
+    require(data.img_size is None or data.img_size >= 1, f'data.img_size={data.img_size} must be at least 1')
+    require(data.resize_short is None or data.resize_short >= 1,
+            f'data.resize_short={data.resize_short} must be at least 1')
+    require(0 < data.ratio_range[0] <= data.ratio_range[1],
+            f'data.ratio_range={list(data.ratio_range)} must be two positive numbers, low <= high')
