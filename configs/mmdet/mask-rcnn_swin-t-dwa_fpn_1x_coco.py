@@ -1,0 +1,7 @@
+# Mask R-CNN + FPN, 1x, with Swin-T + DenseFormer depth-weighted averaging (densezoo swin_tiny_patch4_window7_224_dwa).
+# Pretrained: timm's swin_tiny_patch4_window7_224 weights load into it (connections start as the plain network):
+#   model.backbone.init_cfg=dict(type='Pretrained', checkpoint='PATH/model.safetensors')
+_base_ = ['./_base_mask-rcnn_coco.py']
+model = dict(
+    backbone=dict(model_name='swin_tiny_patch4_window7_224_dwa', strict_img_size=False, drop_path_rate=0.2),
+    neck=dict(in_channels=[96, 192, 384, 768]))
