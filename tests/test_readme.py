@@ -18,11 +18,18 @@ def test_super_resolution_example_runs():
     assert namespace['sr'].shape == (1, 3, 246, 154)
 
 
+def test_segmentation_example_runs():
+    code = re.search(r'## Semantic segmentation\n\n```python\n(.*?)```', README, re.S).group(1)
+    namespace = {}
+    exec(compile(code, 'README.md segmentation', 'exec'), namespace)
+    assert namespace['logits'].shape == (1, 150, 83, 61)
+
+
 def test_ci_runs_the_readme_setup_and_test_commands():
     ci = (ROOT / '.ci' / 'run').read_text()
     setup = re.search(r'## Set-up\n\n```bash\n(.*?)```', README, re.S).group(1)
     tests = re.search(r'## Tests\n\n```bash\n(.*?)```', README, re.S).group(1).strip()
-    dev_install = [line.split('#')[0].strip() for line in setup.splitlines() if '[dev]' in line][0]
+    dev_install = [line.split('#')[0].strip() for line in setup.splitlines() if '[dev' in line][0]
     assert dev_install in ci.splitlines()
     assert tests in ci.splitlines()
 
