@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from densezoo.datasets.folder import DataError, _is_image, seeded_rng
-from densezoo.datasets.transforms import seed_albumentations
+from densezoo.datasets.transforms import albumentations_steps, seed_albumentations
 
 NEAREST_EXACT = 6  # cv2.INTER_NEAREST_EXACT: pixel centres map to pixel centres (cv2.INTER_NEAREST shifts them)
 
@@ -58,13 +58,7 @@ def build_seg_pipeline(training: bool, crop_size: Optional[int], resize_short: O
     from albumentations.pytorch import ToTensorV2
     transforms = []
     if training and steps:
-        for step in steps:
-            step = dict(step)
-            name = step.pop('name', None)
-            if not name or not hasattr(A, name):
-                raise ValueError(f'data.albumentations step {name!r} is not an albumentations transform; '
-                                 f'use e.g. {{name: HorizontalFlip, p: 0.5}}')
-            transforms.append(getattr(A, name)(**step))
+        transforms = albumentations_steps(steps)
     elif training:
         if resize_short:
             transforms.append(A.SmallestMaxSize(max_size=resize_short, mask_interpolation=NEAREST_EXACT))

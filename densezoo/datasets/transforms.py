@@ -45,20 +45,29 @@ class AlbumentationsTransform:
         return f'AlbumentationsTransform({self.pipeline})'
 
 
+def albumentations_steps(steps: Sequence[Dict[str, Any]]) -> list:
+    """albumentations transforms from config steps such as ``{name: HorizontalFlip, p: 0.5}``; a one-line
+    ``ValueError`` names a step that is not an albumentations transform."""
+    os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # no update check over the network
+    import albumentations as A
+    transforms = []
+    for step in steps:
+        step = dict(step)
+        name = step.pop('name', None)
+        if not name or not hasattr(A, name):
+            raise ValueError(f'data.albumentations step {name!r} is not an albumentations transform; '
+                             f'use e.g. {{name: HorizontalFlip, p: 0.5}}')
+        transforms.append(getattr(A, name)(**step))
+    return transforms
+
+
 def _albumentations(size: int, training: bool, options: Dict[str, Any], steps: List[Dict[str, Any]],
                     mean: Sequence[float], std: Sequence[float]) -> Callable:
     os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # no update check over the network
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
     if training and steps:
-        transforms = []
-        for step in steps:
-            step = dict(step)
-            name = step.pop('name', None)
-            if not name or not hasattr(A, name):
-                raise ValueError(f'data.albumentations step {name!r} is not an albumentations transform; '
-                                 f'use e.g. {{name: HorizontalFlip, p: 0.5}}')
-            transforms.append(getattr(A, name)(**step))
+        transforms = albumentations_steps(steps)
     elif training:
         transforms = [A.RandomResizedCrop(size=(size, size), scale=tuple(options['scale']),
                                           ratio=tuple(options['ratio']))]

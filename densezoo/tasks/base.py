@@ -37,6 +37,12 @@ class Task:
     def create_model(self, **extra) -> nn.Module:
         """``timm.create_model`` of the config's model: its kwargs, drop-path rate and pretrained weights (timm's or
         a local file through the model's checkpoint filter), plus ``extra`` arguments of the task."""
+        pretrained, kwargs = self.model_args()
+        return timm.create_model(self.config.model.name, pretrained=pretrained, **kwargs, **extra)
+
+    def model_args(self) -> Tuple[bool, Dict[str, Any]]:
+        """``(pretrained, kwargs)`` for creating the config's model: its kwargs, drop-path rate and pretrained weights
+        (timm's or a local file through the model's checkpoint filter); the model name is checked first."""
         model_cfg = self.config.model
         check_model_names([model_cfg.name])
         kwargs = dict(model_cfg.kwargs)
@@ -44,8 +50,7 @@ class Task:
             kwargs['drop_path_rate'] = model_cfg.drop_path_rate
         if model_cfg.pretrained_file:
             kwargs['pretrained_cfg_overlay'] = dict(file=model_cfg.pretrained_file)
-        pretrained = model_cfg.pretrained or bool(model_cfg.pretrained_file)
-        return timm.create_model(model_cfg.name, pretrained=pretrained, **kwargs, **extra)
+        return model_cfg.pretrained or bool(model_cfg.pretrained_file), kwargs
 
     def build_datasets(self, model: nn.Module) -> Tuple[Dataset, Dataset]:
         """Training and validation datasets (both with a ``set_epoch`` method)."""

@@ -24,7 +24,6 @@ from densezoo.datasets.segmentation import (SegmentationDataset, build_seg_pipel
                                             pair_segmentation_files)
 from densezoo.engine.distributed import all_reduce_sums
 from densezoo.heads.segmentation import PYRAMID_HEADS, SEG_HEADS, FCNHead, create_seg_head
-from densezoo.registry import check_model_names
 from densezoo.tasks.base import Task, register_task
 
 __all__ = ['IGNORE_INDEX', 'Segmentor', 'create_segmentor', 'load_segmentor_state', 'check_labels',
@@ -271,16 +270,10 @@ class SegmentationTask(Task):
 
     def build_model(self) -> nn.Module:
         model_cfg = self.config.model
-        check_model_names([model_cfg.name])
-        kwargs = dict(model_cfg.kwargs)
-        if model_cfg.drop_path_rate is not None:
-            kwargs['drop_path_rate'] = model_cfg.drop_path_rate
-        if model_cfg.pretrained_file:
-            kwargs['pretrained_cfg_overlay'] = dict(file=model_cfg.pretrained_file)
+        pretrained, kwargs = self.model_args()
         return create_segmentor(
             model_cfg.name, head=model_cfg.head, num_classes=self.num_classes, out_indices=model_cfg.out_indices,
-            aux_head=model_cfg.aux_head, pretrained=model_cfg.pretrained or bool(model_cfg.pretrained_file),
-            head_kwargs=model_cfg.head_kwargs, **kwargs)
+            aux_head=model_cfg.aux_head, pretrained=pretrained, head_kwargs=model_cfg.head_kwargs, **kwargs)
 
     def build_datasets(self, model: nn.Module) -> Tuple[SegmentationDataset, SegmentationDataset]:
         data = self.config.data
