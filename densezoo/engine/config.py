@@ -88,6 +88,8 @@ class DataConfig:
     resize_short: Optional[int] = None  # short side before random scaling / for evaluation; null: keep
     ratio_range: Tuple[float, float] = (0.5, 2.0)  # random scale of the training images (crop size: img_size)
     reduce_zero_label: bool = False  # label 0 -> 255 (ignored), others - 1 (ADE20K's 150 classes)
+    val_slide_window: Optional[int] = None  # evaluate with sliding windows of this side (mmseg's slide mode)
+    val_slide_stride: Optional[int] = None  # their stride (default: two thirds of the window, as mmseg's 512 / 341)
 
 
 @dataclass
@@ -353,3 +355,7 @@ def _check_seg(config: TrainConfig, require) -> None:
             f'data.resize_short={data.resize_short} must be at least 1')
     require(0 < data.ratio_range[0] <= data.ratio_range[1],
             f'data.ratio_range={list(data.ratio_range)} must be two positive numbers, low <= high')
+    window, stride = data.val_slide_window, data.val_slide_stride
+    require(window is None or window >= 1, f'data.val_slide_window={window} must be at least 1 (or null)')
+    require(stride is None or (window is not None and 1 <= stride <= window),
+            f'data.val_slide_stride={stride} needs data.val_slide_window and must lie in [1, window]')

@@ -255,8 +255,9 @@ def slide_inference(model: nn.Module, images: torch.Tensor, num_classes: int, wi
 class SegmentationTask(Task):
     """Semantic segmentation (``task: seg``) on ADE20K-layout folders: ``create_segmentor`` of the config's model
     (``model.name`` is the backbone; ``model.head``, ``head_kwargs``, ``out_indices``, ``aux_head``), pixel-wise
-    cross entropy (ignore 255, auxiliary weight 0.4), mIoU / mAcc / aAcc on whole validation images at their label
-    size (confusion matrices summed exactly over processes)."""
+    cross entropy (ignore 255, auxiliary weight 0.4), mIoU / mAcc / aAcc on validation images at their label size,
+    whole or in sliding windows (``data.val_slide_window`` / ``val_slide_stride``); confusion matrices are summed
+    exactly over processes."""
     name = 'seg'
     main_metric = 'mIoU'
     log_metrics = ('mIoU', 'mAcc', 'aAcc')
@@ -297,6 +298,14 @@ class SegmentationTask(Task):
         logits, aux = model(inputs, return_aux=True)
         return segmentation_loss(logits, targets, aux)
 
+    def predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """Logits of one evaluation image: whole, or in sliding windows with ``data.val_slide_window``."""
+        window = self.config.data.val_slide_window
+        if window is None:
+            return model(image)
+        stride = self.config.data.val_slide_stride or max(window * 2 // 3, 1)
+        return slide_inference(model, image, self.num_classes, window, stride)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, autocast) -> Dict[str, float]:
         matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
@@ -305,7 +314,7 @@ class SegmentationTask(Task):
             for image, label in zip(images, labels):
                 image, label = image[None].to(device), label[None].to(device)
                 with autocast():
-                    logits = model(image)
+                    logits = self.predict(model, image)
                 logits = F.interpolate(logits.float(), size=label.shape[-2:], mode='bilinear', align_corners=False)
                 loss += segmentation_loss(logits, label).item()
                 matrix += confusion_matrix(logits.argmax(1), label, self.num_classes)

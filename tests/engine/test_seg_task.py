@@ -51,6 +51,21 @@ def test_a_few_steps_on_the_demo_set(tmp_path):
                                               head_kwargs=dict(channels=8), **BACKBONE), weights)
 
 
+def test_sliding_window_evaluation(tmp_path):
+    """Windows covering the whole 64x64 validation image score exactly as whole-image evaluation; smaller ones run
+    the slide mode (the metric is then computed from averaged window logits)."""
+    runs = {}
+    for name, overrides in [('whole', {}), ('cover', {'data.val_slide_window': 64}),
+                            ('slide', {'data.val_slide_window': 48, 'data.val_slide_stride': 16})]:
+        result = train(config_from_dict(seg_config(tmp_path / name, **overrides)), progress=False)
+        records = [json.loads(line) for line in (result.run_dir / 'log.jsonl').read_text().splitlines()]
+        runs[name] = [r for r in records if r['kind'] == 'val'][-1]
+    assert runs['cover']['mIoU'] == pytest.approx(runs['whole']['mIoU'], abs=1e-9)
+    assert runs['cover']['loss'] == pytest.approx(runs['whole']['loss'], rel=1e-5)
+    assert runs['slide']['count'] == 16 and 0 <= runs['slide']['mIoU'] <= 100
+    assert runs['slide']['loss'] != pytest.approx(runs['whole']['loss'], rel=1e-6)
+
+
 def _write_pair(root: Path, split: str, name: str, image: np.ndarray, labels: np.ndarray) -> None:
     for folder in ('images', 'annotations'):
         (root / folder / split).mkdir(parents=True, exist_ok=True)
@@ -109,6 +124,8 @@ def test_dataset_errors(tmp_path):
     ({'model.head': 'psp'}, "model.head='psp' is not allowed; use upernet, fpn, segformer or dpt"),
     ({'data.ratio_range': [2.0, 1.0]}, r'data.ratio_range=\[2.0, 1.0\] must be two positive numbers'),
     ({'loss': 'l1'}, "loss='l1' is not used by task seg"),
+    ({'data.val_slide_stride': 8}, r'data.val_slide_stride=8 needs data.val_slide_window and must lie in \['),
+    ({'data.val_slide_window': 0}, r'data.val_slide_window=0 must be at least 1'),
 ])
 def test_config_errors(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
