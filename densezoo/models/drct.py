@@ -22,7 +22,7 @@ from torch import nn
 
 from timm.models import generate_default_cfgs
 
-from densezoo.layers.window_attention import SwinIRBlock
+from densezoo.layers.window_attention import SwinIRBlock, fast_linear
 from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, register_sr_models,
                                  register_window_family, sr_cfg)
 
@@ -54,7 +54,7 @@ class RDG(nn.Module):
     def _adjust(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """1×1 adjust conv on tokens (a linear map over channels), LeakyReLU(0.2) on the growth layers."""
         conv = getattr(self, f'adjust{k + 1}')
-        x = F.linear(x, conv.weight.flatten(1), conv.bias)
+        x = fast_linear(x, conv.weight.flatten(1), conv.bias)
         return F.leaky_relu(x, 0.2) if k < LAYERS_PER_GROUP - 1 else x
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:

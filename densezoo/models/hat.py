@@ -38,8 +38,9 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from densezoo.layers.channel_attention import ChannelAttention
-from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, gather_position_bias, relative_position_index,
-                                              window_attention, window_merge, window_partition)
+from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, fast_linear, gather_position_bias,
+                                              relative_position_index, window_attention, window_merge,
+                                              window_partition)
 from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, map_to_tokens,
                                  register_sr_models, register_window_family, residual_conv, sr_cfg, tokens_to_map)
 
@@ -142,7 +143,7 @@ class OCAB(nn.Module):
         height, width = x_size
         batch, tokens, dim = x.shape
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
-        qkv = self.qkv(self.norm1(x)).view(batch, height, width, 3 * dim)
+        qkv = fast_linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(batch, height, width, 3 * dim)
         q = window_partition(qkv[..., :dim], ws)  # (B, nW, ws², C)
         kv = qkv[..., dim:]
         if self.padding:
@@ -154,7 +155,7 @@ class OCAB(nn.Module):
         q = q.view(batch, q.shape[1], ws * ws, heads, -1).transpose(2, 3)
         out = window_attention(q, k, v, self.position_bias(), None, self.scale)
         out = window_merge(out.transpose(2, 3).reshape(batch, -1, ws * ws, dim), ws, height, width)
-        x = self.proj(out.reshape(batch, tokens, dim)) + x
+        x = fast_linear(out.reshape(batch, tokens, dim), self.proj.weight, self.proj.bias) + x
         return x + self.mlp(self.norm2(x))
 
     def extra_repr(self) -> str:

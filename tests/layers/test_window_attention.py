@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from densezoo.layers.window_attention import (MASK_VALUE, shifted_window_mask, window_attention, window_merge,
-                                               window_layout, window_partition)
+from densezoo.layers.window_attention import (MASK_VALUE, fast_linear, shifted_window_mask, window_attention,
+                                               window_merge, window_layout, window_partition)
 
 
 def _reference(q, k, v, position_bias, mask, scale):
@@ -165,3 +165,23 @@ def test_lean_mlp_equals_timm_mlp_and_keeps_less(amp):
     for (name, a), b in zip(lean.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, **tol, msg=name)
     assert counts[0] < counts[1]
+
+
+@pytest.mark.parametrize('activation', ['none', 'gelu'])
+def test_fast_linear_equals_linear_in_inference_and_training(activation):
+    """The fused inference kernel gives F.linear (+ exact GELU) to float rounding, on strided inputs and weight
+    slices too; with gradients recorded it is F.linear itself (differentiable)."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, 40, generator=generator)[..., :20]  # strided, as DRCT's dense features
+    weight = torch.randn(90, 20, generator=generator)[30:60]  # a slice of a fused weight
+    bias = torch.randn(30, generator=generator)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    if activation == 'gelu':
+        expected = torch.nn.functional.gelu(expected)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_linear(x, weight, bias, activation), expected, rtol=1e-5, atol=1e-5)
+    weight.requires_grad_()
+    out = fast_linear(x, weight, bias, activation)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
