@@ -77,3 +77,33 @@ def assert_checkpointing_keeps_gradients(model: nn.Module, x: torch.Tensor) -> N
     model.set_grad_checkpointing(False)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def traced_to_head(model: nn.Module, x: torch.Tensor, head: str, rtol=None, atol=None, **nodes: str) -> dict:
+    """Trace ``model`` with torchvision's FX feature extraction (timm's leaf modules and autowrapped functions) up to
+    module ``head`` (returned as 'logits') and the modules in ``nodes`` (name -> module); assert that the traced
+    logits equal the model's and that their gradient reaches every parameter. Returns the traced outputs."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    from timm.models import get_notrace_functions, get_notrace_modules
+    traced = create_feature_extractor(
+        model, return_nodes={head: 'logits', **{module: name for name, module in nodes.items()}},
+        tracer_kwargs=dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
+    out = traced(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out['logits'], model(x), rtol=rtol, atol=atol)
+    out['logits'].mean().backward()
+    assert not [n for n, p in traced.named_parameters() if p.grad is None]
+    return out
+
+
+def assert_bfloat16_autocast_close(model: nn.Module, x: torch.Tensor, tolerance: float = 0.05) -> None:
+    """Under bfloat16 autocast the output is bfloat16, within ``tolerance`` of the largest float32 logit, and its
+    gradients are finite for every parameter."""
+    with torch.no_grad():
+        expected = model(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - expected).abs().max() <= tolerance * expected.abs().max()
+    out.float().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

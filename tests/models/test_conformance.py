@@ -18,7 +18,7 @@ from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models._manipulate import group_parameters
 
 import densezoo
-from tests.helpers import perturb_connections
+from tests.helpers import assert_bfloat16_autocast_close, perturb_connections, traced_to_head
 
 MODELS = densezoo.list_models('swin*', task='classification')
 REDUCED = dict(img_size=64, embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 1, 2, 4))
@@ -166,16 +166,7 @@ def test_forward_backward(name):
 
 @pytest.mark.parametrize('name', MODELS)
 def test_autocast_bfloat16(name):
-    model = reduced(name, num_classes=42).eval()
-    x = image(batch=2)
-    with torch.no_grad():
-        expected = model(x)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16
-    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
-    out.float().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_bfloat16_autocast_close(reduced(name, num_classes=42).eval(), image(batch=2))
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -235,18 +226,9 @@ def test_prune_intermediate_layers(name):
 
 @pytest.mark.parametrize('name', MODELS)
 def test_fx_forward_and_backward(name):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    from timm.models import get_notrace_functions, get_notrace_modules
-    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
     # without stochastic depth the train-mode graph is also the eval-mode one: one trace checks both
     model = reduced(name, drop_path_rate=0.).train()
-    x = image(batch=2)
-    traced = create_feature_extractor(model, return_nodes={'head.fc': 'logits'}, tracer_kwargs=tracer_kwargs)
-    logits = traced(x)['logits']
-    with torch.no_grad():
-        torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)
-    logits.mean().backward()
-    assert not [n for n, p in traced.named_parameters() if p.grad is None]
+    traced_to_head(model, image(batch=2), 'head.fc', rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('name', MODELS)

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from densezoo.models.connect import connect
 from densezoo.models.lookupvit import ARCHS, CONNECTED_ARCHS, CONNECTIONS, ConnectedLookupViT, compress_tokens
 from densezoo.registry import check_model_names
-from tests.helpers import one_line, perturb_connections, perturb_norms
+from tests.helpers import assert_bfloat16_autocast_close, one_line, perturb_connections, perturb_norms, traced_to_head
 
 TINY = 'lookupvit_tiny_patch16_224'
 # reduced size for numerics: 8x8 lookup tokens of width 32, a 3x3 compressed grid, three blocks
@@ -442,32 +442,13 @@ def test_features_intermediates_and_pruning_agree(name):
 
 @pytest.mark.parametrize('name', VARIANTS)
 def test_fx_feature_extraction_forward_and_backward(name):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    from timm.models import get_notrace_functions, get_notrace_modules
-    model = _model(name).train()
-    x = _image()
-    traced = create_feature_extractor(model, return_nodes={'head': 'logits', 'blocks.1': 'block1'}, tracer_kwargs=dict(
-        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
-    out = traced(x)
-    with torch.no_grad():
-        torch.testing.assert_close(out['logits'], model(x), rtol=1e-5, atol=1e-6)
+    out = traced_to_head(_model(name).train(), _image(), 'head', rtol=1e-5, atol=1e-6, block1='blocks.1')
     assert out['block1'].shape == (2, 9 + 64, 32)
-    out['logits'].mean().backward()
-    assert not [n for n, p in traced.named_parameters() if p.grad is None]
 
 
 @pytest.mark.parametrize('name', VARIANTS)
 def test_autocast_bfloat16(name):
-    model = _randomise(_model(name, num_classes=7))
-    x = _image()
-    with torch.no_grad():
-        expected = model(x)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16
-    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
-    out.float().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_bfloat16_autocast_close(_randomise(_model(name, num_classes=7)), _image())
 
 
 def test_head_pooling_and_classifier_reset():

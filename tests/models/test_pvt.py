@@ -29,8 +29,8 @@ import densezoo
 import densezoo.models.pvt as pvt
 from densezoo.models.connect import model_family
 from densezoo.models.pvt import PVT_ARCHS, PVT_V2_ARCHS, PvtBlock, block_streams
-from tests.helpers import (assert_checkpointing_keeps_gradients, one_line, perturb_connections, perturb_norms,
-                           plain_state)
+from tests.helpers import (assert_bfloat16_autocast_close, assert_checkpointing_keeps_gradients, one_line,
+                           perturb_connections, perturb_norms, plain_state, traced_to_head)
 
 KINDS = ('dwa', 'mudd', 'rir', 'dense')
 BASES = [*PVT_ARCHS, *PVT_V2_ARCHS]
@@ -451,32 +451,16 @@ def test_prune_intermediate_layers(name):
 
 @pytest.mark.parametrize('name', SOME_NAMES)
 def test_fx_forward_and_backward(name):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    from timm.models import get_notrace_functions, get_notrace_modules
-    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
     model = create(name, drop_path_rate=0.).train()
     x = image(size=(64, 96))  # another size than the stored position embeddings: resizing is in the graph
-    traced = create_feature_extractor(model, return_nodes={'head': 'logits'}, tracer_kwargs=tracer_kwargs)
-    logits = traced(x)['logits']
-    with torch.no_grad():
-        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-6)
-    logits.mean().backward()
-    assert not [n for n, p in traced.named_parameters() if p.grad is None]
+    traced_to_head(model, x, 'head', rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('name', ['pvt_v2_b2_li_mudd', 'pvt_small_dense', 'pvt_tiny'])
 def test_autocast_bfloat16(name):
     # connections moved less far from identity: MUDD's generated weights at std 0.05 amplify bfloat16 rounding
     model = create(name, connection_std=0.01).eval()
-    x = image()
-    with torch.no_grad():
-        expected = model(x)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16
-    assert (out.float() - expected).abs().max() <= 0.03 * expected.abs().max()  # measured: about 0.01
-    out.float().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_bfloat16_autocast_close(model, image(), tolerance=0.03)  # measured: about 0.01
 
 
 @pytest.mark.parametrize('name', ['pvt_v2_b0_mudd', 'pvt_tiny', 'pvt_small_dwa'])

@@ -22,7 +22,8 @@ from torch import nn
 import densezoo
 import densezoo.models.rdnets  # noqa: F401  (registers the models)
 from densezoo.models.rdnets import BASE_ARCHS, CONNECTIONS, ConnectedRDNet, connect_rdnet
-from tests.helpers import assert_checkpointing_keeps_gradients, one_line, perturb_connections, perturb_norms
+from tests.helpers import (assert_checkpointing_keeps_gradients, one_line, perturb_connections, perturb_norms,
+                           traced_to_head)
 
 NAMES = [f'{arch}_{kind}' for arch in BASE_ARCHS for kind in CONNECTIONS]
 SMALL = dict(num_init_features=16, growth_rates=(8, 8, 16, 16), num_blocks_list=(3, 2, 3, 3),
@@ -251,17 +252,9 @@ def test_features_only_intermediates_and_prune_agree(kind):
 
 @pytest.mark.parametrize('kind', CONNECTIONS)
 def test_fx_autocast_and_head(kind):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    from timm.models import get_notrace_functions, get_notrace_modules
     model = _connected(kind, num_classes=7).train()
     x = _image()
-    traced = create_feature_extractor(model, return_nodes={'head.fc': 'logits'}, tracer_kwargs=dict(
-        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
-    logits = traced(x)['logits']
-    with torch.no_grad():
-        torch.testing.assert_close(logits, model(x))
-    logits.mean().backward()
-    assert not [n for n, p in traced.named_parameters() if p.grad is None]
+    traced_to_head(model, x, 'head.fc')
 
     model.eval()
     with torch.no_grad():

@@ -21,7 +21,8 @@ from timm.models.vision_transformer import ResPostBlock
 import densezoo
 from densezoo.models import vit
 from densezoo.models.vit import BASE_ARCHS, CONNECTIONS, ConnectedVisionTransformer
-from tests.helpers import assert_checkpointing_keeps_gradients, one_line, perturb_connections, perturb_norms
+from tests.helpers import (assert_bfloat16_autocast_close, assert_checkpointing_keeps_gradients, one_line,
+                           perturb_connections, perturb_norms, traced_to_head)
 
 KINDS = list(CONNECTIONS)
 NAMES = [f'{arch}_{kind}' for arch in BASE_ARCHS for kind in KINDS]
@@ -372,31 +373,12 @@ def test_features_only_gives_the_intermediates(kind):
 
 @pytest.mark.parametrize('kind', KINDS)
 def test_fx_trace_forward_and_backward(kind):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    from timm.models import get_notrace_functions, get_notrace_modules
-    model = _connected(kind).train()
-    traced = create_feature_extractor(model, return_nodes={'head': 'logits'}, tracer_kwargs=dict(
-        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
-    x = _image()
-    logits = traced(x)['logits']
-    with torch.no_grad():
-        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-6)
-    logits.mean().backward()
-    assert not [n for n, p in traced.named_parameters() if p.grad is None]
+    traced_to_head(_connected(kind).train(), _image(), 'head', rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('kind', KINDS)
 def test_autocast_bfloat16(kind):
-    model = _connected(kind, num_classes=5)
-    x = _image()
-    with torch.no_grad():
-        expected = model(x)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16
-    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
-    out.float().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_bfloat16_autocast_close(_connected(kind, num_classes=5), _image())
 
 
 def test_head_reset_input_size_and_dynamic_size():
