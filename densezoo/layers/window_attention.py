@@ -120,7 +120,9 @@ def window_layout(height: int, width: int, window_size: int, shift_size: int = 0
     return _cached_window_layout(height, width, window_size, shift_size, torch.device(device or 'cpu'))
 
 
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None)
+# oneDNN's linear with a fused activation (the kernel inductor uses on CPUs), where this PyTorch build has it
+_ONEDNN_LINEAR = (getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available()
+                  else None)
 
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -134,7 +136,7 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """
     if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == 'cpu'
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
-            and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting()
+            and not torch.jit.is_scripting()
             and not torch.compiler.is_compiling() and not isinstance(x, torch.fx.Proxy)):
         return _ONEDNN_LINEAR(x, weight, bias, activation, [], 'none')
     out = F.linear(x, weight, bias)
@@ -313,21 +315,20 @@ class _GeluLinear(torch.autograd.Function):
 
 class LeanMlp(Mlp):
     """timm's ``Mlp`` (same parameters: ``fc1``, ``fc2``) that stores one hidden-size activation instead of two in
-    training (GELU is recomputed in backward); the same outputs and gradients."""
+    training (GELU is recomputed in backward) and fuses GELU into the first linear in inference (``fast_linear``);
+    the same outputs and gradients."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lean = (torch.is_grad_enabled() and isinstance(self.act, nn.GELU) and self.act.approximate == 'none'
-                and isinstance(self.norm, nn.Identity) and not (self.training and self.drop1.p)
-                and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
-        if lean:
-            return self.drop2(_GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias))
         plain_gelu = (isinstance(self.act, nn.GELU) and self.act.approximate == 'none'
                       and isinstance(self.norm, nn.Identity))
-        if torch.is_grad_enabled() or not plain_gelu:
+        if not plain_gelu:
             return super().forward(x)
-        # inference: fused linear + GELU (dropout is the identity outside training)
-        hidden = fast_linear(x, self.fc1.weight, self.fc1.bias, activation='gelu')
-        return self.drop2(fast_linear(self.drop1(hidden), self.fc2.weight, self.fc2.bias))
+        if not torch.is_grad_enabled():  # inference: linear and GELU fused where the CPU kernel exists
+            hidden = fast_linear(x, self.fc1.weight, self.fc1.bias, activation='gelu')
+            return self.drop2(fast_linear(self.drop1(hidden), self.fc2.weight, self.fc2.bias))
+        if (self.training and self.drop1.p) or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return super().forward(x)
+        return self.drop2(_GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias))
 
 
 class SwinIRBlock(nn.Module):
