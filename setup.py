@@ -19,9 +19,10 @@ setup(
     packages=find_packages(include=['densezoo', 'densezoo.*']),
     install_requires=[
         # torch and torchvision come from the package index; torchvision must match torch's build.
-        'torch>=2.4',
-        'torchvision>=0.19',
-        'timm>=1.0.20,<2',
+        # The floors are the versions CI tests (requirements/lowest.txt); the resolver's newest are tested too.
+        'torch>=2.6',
+        'torchvision>=0.21',
+        'timm>=1.0.29,<2',
         'safetensors>=0.4',
         'pyyaml>=6.0',
         'numpy>=1.24',

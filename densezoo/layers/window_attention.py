@@ -19,12 +19,15 @@ Paper: SwinIR (https://arxiv.org/abs/2108.10257), after Swin Transformer (https:
 import functools
 from typing import NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import get_relative_position_index
+
+from densezoo.layers.fast_path import flash_attention_cpu, is_tracing, onednn_linear, use_fast_path
 
 __all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_layout',
            'window_attention', 'gather_position_bias', 'fast_linear', 'WindowAttention', 'LeanMlp', 'SwinIRBlock', 'MASK_VALUE']
@@ -38,18 +41,30 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return get_relative_position_index(window_size, window_size)
 
 
+def _window_rows(grid: np.ndarray, window_size: int) -> np.ndarray:
+    """(H, W) array → (nW, ws²): its windows in row-major order, as ``window_partition`` orders them."""
+    height, width = grid.shape
+    windows = grid.reshape(height // window_size, window_size, width // window_size, window_size)
+    return windows.transpose(0, 2, 1, 3).reshape(-1, window_size * window_size)
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_mask(height: int, width: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
-    regions = torch.zeros(height, width, device=device)
+def _mask_array(height: int, width: int, window_size: int, shift_size: int) -> np.ndarray:
+    regions = np.zeros((height, width), dtype=np.int64)
     bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
     label = 0
     for rows in bounds:
         for cols in bounds:
             regions[rows, cols] = label
             label += 1
-    windows = window_partition(regions[None, :, :, None], window_size)[0, :, :, 0]  # (nW, ws²)
+    windows = _window_rows(regions, window_size)  # (nW, ws²) region labels
     differs = windows[:, None, :] != windows[:, :, None]
-    return torch.zeros_like(differs, dtype=torch.float32).masked_fill_(differs, MASK_VALUE)
+    return np.where(differs, MASK_VALUE, 0.).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_mask(height: int, width: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(_mask_array(height, width, window_size, shift_size), device=device)
 
 
 def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int,
@@ -57,10 +72,13 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift_size: i
     """Additive mask (nW, ws², ws²) of a window attention shifted by ``shift_size`` on an H×W token grid.
 
     Entry (w, i, j) is 0 where tokens i and j of window w came from the same region before the cyclic shift and
-    ``MASK_VALUE`` otherwise (the official SwinIR / Swin masks). Cached per size, window, shift and device; do not
-    modify the returned tensor.
+    ``MASK_VALUE`` otherwise (the official SwinIR / Swin masks). Cached per size, window, shift and device (except
+    while a compiler or tracer records the model); do not modify the returned tensor.
     """
-    return _cached_mask(height, width, window_size, shift_size, torch.device(device or 'cpu'))
+    device = torch.device(device or 'cpu')
+    if is_tracing():
+        return torch.as_tensor(_mask_array.__wrapped__(height, width, window_size, shift_size), device=device)
+    return _cached_mask(height, width, window_size, shift_size, device)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -91,54 +109,63 @@ class WindowLayout(NamedTuple):
     unmasked: int
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_window_layout(height: int, width: int, window_size: int, shift_size: int,
-                          device: torch.device) -> WindowLayout:
-    grid = torch.arange(height * width, device=device).view(1, height, width, 1)
+def _layout_arrays(height: int, width: int, window_size: int,
+                   shift_size: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], int]:
+    """The layout as arrays: pure integer work, so that no tracer sees it as data-dependent."""
+    grid = np.arange(height * width).reshape(height, width)
     mask = None
     if shift_size:
-        grid = torch.roll(grid, shifts=(-shift_size, -shift_size), dims=(1, 2))
-    windows = window_partition(grid, window_size)[0, :, :, 0]  # (nW, N) token indices
+        grid = np.roll(grid, (-shift_size, -shift_size), axis=(0, 1))
+    windows = _window_rows(grid, window_size)  # (nW, N) token indices
+    unmasked = windows.shape[0]
     if shift_size:
-        full = shifted_window_mask(height, width, window_size, shift_size, device)
-        masked = full.flatten(1).ne(0).any(1)
-        windows = torch.cat((windows[~masked], windows[masked]))
-        mask = torch.cat((full[~masked], full[masked]))
+        full = _mask_array.__wrapped__(height, width, window_size, shift_size)
+        masked = (full != 0).reshape(full.shape[0], -1).any(1)
+        windows = np.concatenate((windows[~masked], windows[masked]))
+        mask = np.concatenate((full[~masked], full[masked]))
         unmasked = int((~masked).sum())
-    else:
-        unmasked = windows.shape[0]
     order = windows.reshape(-1)
-    return WindowLayout(order, torch.argsort(order), mask, unmasked)
+    return order, np.argsort(order), mask, unmasked
+
+
+def _layout_tensors(height: int, width: int, window_size: int, shift_size: int,
+                    device: torch.device) -> WindowLayout:
+    order, inverse, mask, unmasked = _layout_arrays(height, width, window_size, shift_size)
+    return WindowLayout(torch.as_tensor(order, device=device), torch.as_tensor(inverse, device=device),
+                        None if mask is None else torch.as_tensor(mask, device=device), unmasked)
+
+
+_cached_window_layout = functools.lru_cache(maxsize=64)(_layout_tensors)
 
 
 def window_layout(height: int, width: int, window_size: int, shift_size: int = 0,
                   device: Optional[torch.device] = None) -> WindowLayout:
     """The ``WindowLayout`` of an H×W token grid for windows of ``window_size`` shifted by ``shift_size``.
 
-    Cached per size, window, shift and device; do not modify the returned tensors.
+    Cached per size, window, shift and device, except while a compiler or tracer records the model (it records
+    the tensors as constants); do not modify the returned tensors.
     """
-    return _cached_window_layout(height, width, window_size, shift_size, torch.device(device or 'cpu'))
-
-
-# oneDNN's linear with a fused activation (the kernel inductor uses on CPUs), where this PyTorch build has it
-_ONEDNN_LINEAR = (getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available()
-                  else None)
+    device = torch.device(device or 'cpu')
+    if is_tracing():
+        return _layout_tensors(height, width, window_size, shift_size, device)
+    return _cached_window_layout(height, width, window_size, shift_size, device)
 
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                 activation: str = 'none') -> torch.Tensor:
     """``F.linear(x, weight, bias)``, followed by exact GELU when ``activation='gelu'``.
 
-    In float32 CPU inference (no gradients, no autocast) this runs PyTorch's oneDNN linear kernel with the
-    activation fused, about twice as fast as the default matrix product on x86 CPUs for the token-by-channel
-    products of the SR transformers (tools/latency.py; same results to float rounding). Everywhere else it is
-    ``F.linear`` (and ``F.gelu``).
+    In float32 CPU inference (no gradients, no autocast) with the fast path on (``densezoo.use_fast_path()``) this
+    runs PyTorch's oneDNN linear kernel with the activation fused, about twice as fast as the default matrix product
+    on x86 CPUs for the token-by-channel products of the SR transformers (tools/latency.py; same results to float
+    rounding). Everywhere else it is ``F.linear`` (and ``F.gelu``).
     """
-    if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
-            and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling() and not isinstance(x, torch.fx.Proxy)):
-        return _ONEDNN_LINEAR(x, weight, bias, activation, [], 'none')
+    if (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
+            and not isinstance(x, torch.fx.Proxy) and use_fast_path()):
+        op = onednn_linear()
+        if op is not None:
+            return op(x, weight, bias, activation, [], 'none')
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == 'gelu' else out
 
@@ -165,25 +192,23 @@ class _FusedBiasedAttention(torch.autograd.Function):
 
     PyTorch's fused CPU kernel does not differentiate ``attn_mask`` and falls back to the unfused path, which keeps
     the (N × N) attention weights of every window and head for backward. This function runs the fused kernel forward
-    (keeping q, k, v, the output and the log-sum-exp) and recomputes the weights window by window in backward.
+    (keeping q, k, v, the output and the log-sum-exp) and recomputes the weights in backward. Inputs are 4-D
+    (batch·windows or batch, windows·heads, tokens, head dim); the output is the kernel's own tensor, never a view,
+    so that callers may reshape it and add into it.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, position_bias, mask, scale):
         bias = _combined_bias(position_bias, mask).to(q.dtype)
-        shapes = q.shape, k.shape
-        q4, k4, v4 = (_merge_windows_into_heads(t) if mask is not None else t.flatten(0, 1) for t in (q, k, v))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q4, k4, v4, attn_mask=bias,
-                                                                              scale=scale)
-        ctx.save_for_backward(q4, k4, v4, out, lse, position_bias, mask)
-        ctx.scale, ctx.shapes, ctx.has_mask = scale, shapes, mask is not None
-        return out.view(shapes[0])
+        out, lse = flash_attention_cpu()(q, k, v, attn_mask=bias, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, position_bias, mask)
+        ctx.scale = scale
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse, position_bias, mask = ctx.saved_tensors
-        grad_out = grad_out.reshape(out.shape)
-        bias = _combined_bias(position_bias, mask if ctx.has_mask else None).to(q.dtype)
+        bias = _combined_bias(position_bias, mask).to(q.dtype)
         scores = torch.matmul(q, k.transpose(-2, -1)).mul_(ctx.scale).add_(bias)
         probs = scores.sub_(lse.unsqueeze(-1).to(scores.dtype)).exp_()
         grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
@@ -194,8 +219,14 @@ class _FusedBiasedAttention(torch.autograd.Function):
         grad_k = torch.matmul(grad_scores.transpose(-2, -1), q).mul_(ctx.scale)
         heads = position_bias.shape[0]
         grad_bias = grad_scores.reshape(-1, heads, *grad_scores.shape[-2:]).sum(0).to(position_bias.dtype)
-        q_shape, k_shape = ctx.shapes
-        return grad_q.view(q_shape), grad_k.view(k_shape), grad_v.view(k_shape), grad_bias, None, None
+        return grad_q, grad_k, grad_v, grad_bias, None, None
+
+
+def _fused_biased_attention(q, k, v, position_bias, mask, scale):
+    """``_FusedBiasedAttention`` on (B, nW, heads, N, d) queries and (B, nW, heads, M, d) keys and values."""
+    merge = _merge_windows_into_heads if mask is not None else (lambda t: t.flatten(0, 1))
+    out = _FusedBiasedAttention.apply(merge(q), merge(k), merge(v), position_bias, mask, scale)
+    return out.view(q.shape)
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_bias: torch.Tensor,
@@ -215,7 +246,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     """
     batch, windows = q.shape[:2]
     if _needs_bias_grad(q, position_bias, dropout_p):
-        return _FusedBiasedAttention.apply(q, k, v, position_bias, mask, scale)
+        return _fused_biased_attention(q, k, v, position_bias, mask, scale)
     bias = position_bias.unsqueeze(0).to(q.dtype)
     if mask is None:
         out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=bias,
@@ -241,9 +272,10 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
 
 
 def _needs_bias_grad(q: torch.Tensor, position_bias: torch.Tensor, dropout_p: float) -> bool:
-    """Whether attention takes the CPU training path that differentiates the bias without keeping N×N weights."""
+    """Whether attention takes the CPU training fast path that differentiates the bias without keeping N×N
+    weights (with the fast path switched on and the fused kernel usable)."""
     return (position_bias.requires_grad and torch.is_grad_enabled() and q.device.type == 'cpu' and not dropout_p
-            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+            and not isinstance(q, torch.fx.Proxy) and use_fast_path() and flash_attention_cpu() is not None)
 
 
 class WindowAttention(nn.Module):
@@ -293,42 +325,53 @@ class WindowAttention(nn.Module):
 
 
 class _GeluLinear(torch.autograd.Function):
-    """linear(gelu(u)) that keeps u only: the activation is recomputed in backward instead of being stored."""
+    """linear(gelu(u)) on 2-D ``u`` that keeps u only: the activation is recomputed in backward instead of being
+    stored. The output is the matrix product's own tensor, never a view, so that callers may add into it."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias):
         ctx.save_for_backward(hidden, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(hidden), weight, bias)
+        activated = F.gelu(hidden)
+        return torch.addmm(bias, activated, weight.t()) if bias is not None else activated.mm(weight.t())
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight = ctx.saved_tensors
         activated = F.gelu(hidden).to(grad_out.dtype)  # under autocast the forward ran in a lower precision
-        grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_weight = grad_flat.t().mm(activated.reshape(-1, activated.shape[-1])).to(weight.dtype)
-        grad_bias = grad_flat.sum(0).to(weight.dtype) if ctx.has_bias else None
-        grad_hidden = torch.ops.aten.gelu_backward(grad_out.matmul(weight.to(grad_out.dtype)).to(hidden.dtype),
-                                                   hidden)
+        grad_weight = grad_out.t().mm(activated).to(weight.dtype)
+        grad_bias = grad_out.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_hidden = torch.ops.aten.gelu_backward(grad_out.mm(weight.to(grad_out.dtype)).to(hidden.dtype), hidden)
         return grad_hidden, grad_weight, grad_bias
 
 
 class LeanMlp(Mlp):
     """timm's ``Mlp`` (same parameters: ``fc1``, ``fc2``) that stores one hidden-size activation instead of two in
     training (GELU is recomputed in backward) and fuses GELU into the first linear in inference (``fast_linear``);
-    the same outputs and gradients."""
+    the same outputs and gradients. With the fast path off (``densezoo.set_fast_path(False)``) it is timm's
+    ``Mlp``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plain_gelu = (isinstance(self.act, nn.GELU) and self.act.approximate == 'none'
                       and isinstance(self.norm, nn.Identity))
-        if not plain_gelu:
+        if not plain_gelu or not use_fast_path() or isinstance(x, torch.fx.Proxy):
             return super().forward(x)
         if not torch.is_grad_enabled():  # inference: linear and GELU fused where the CPU kernel exists
             hidden = fast_linear(x, self.fc1.weight, self.fc1.bias, activation='gelu')
             return self.drop2(fast_linear(self.drop1(hidden), self.fc2.weight, self.fc2.bias))
-        if (self.training and self.drop1.p) or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if self.training and self.drop1.p:
             return super().forward(x)
-        return self.drop2(_GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias))
+        hidden = self.fc1(x)
+        out = _GeluLinear.apply(hidden.reshape(-1, hidden.shape[-1]), self.fc2.weight, self.fc2.bias)
+        return self.drop2(out.view(*hidden.shape[:-1], out.shape[-1]))
+
+
+def _add_residual(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """branch + x. Without autograd the sum is written into the branch's own fresh output (no new tensor); with
+    autograd it is a new tensor, so that no operator's output is modified in place while gradients are recorded."""
+    if torch.is_grad_enabled() or isinstance(branch, torch.fx.Proxy):
+        return branch + x
+    return branch.add_(x)
 
 
 class SwinIRBlock(nn.Module):
@@ -382,9 +425,8 @@ class SwinIRBlock(nn.Module):
         return windows.view(batch, tokens, channels).index_select(1, layout.inverse)
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
-        # each residual is added into the branch's own fresh output (no new tensor); x + branch == branch + x
-        x = self.drop_path(self.attend(x, x_size, self.norm1)).add_(x)
-        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
+        x = _add_residual(self.drop_path(self.attend(x, x_size, self.norm1)), x)
+        return _add_residual(self.drop_path(self.mlp(self.norm2(x))), x)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, '

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.models import build_model_with_cfg, register_model, resolve_pretrained_cfg
-from timm.models._manipulate import checkpoint
+from timm.models import checkpoint
 
 from densezoo.heads.upsample import SRReconstruction
 from densezoo.layers.window_attention import shifted_window_mask

@@ -22,7 +22,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, U
 import torch
 from torch import nn
 
-from timm.models._manipulate import checkpoint
+from timm.models import checkpoint
 
 from densezoo.layers.connections import CONNECTION_KINDS, StageConnection, create_connection
 

@@ -67,14 +67,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (DropPath, LayerNorm, LayerScale, Mlp, PatchEmbed, calculate_drop_path_rates, get_act_layer,
                          get_device_dtype, get_norm_layer, resample_abs_pos_embed, resample_patch_embed, trunc_normal_,
                          use_fused_attn)
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
-from timm.models._input import update_model_args, update_model_input_size
-from timm.models._manipulate import named_apply
+from timm.models import build_model_with_cfg, generate_default_cfgs, named_apply, register_model, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices  # timm exports it from no public module
 from timm.models.vision_transformer import Block, get_init_weights_vit
 
-from densezoo.models._common import check_image_input, register_connected
+from densezoo.models._common import check_image_input, register_connected, update_model_args, update_model_input_size
 from densezoo.models.connect import ConnectedIsotropic, connect, register_isotropic_family, run_maybe_checkpointed
 
 __all__ = ['LookupViT', 'LookupViTBlock', 'BidirectionalCrossAttention', 'ConnectedLookupViT', 'compress_tokens',

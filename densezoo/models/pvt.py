@@ -35,7 +35,7 @@ from timm.layers import (DropPath, LayerNorm, Mlp, PatchEmbed, calculate_drop_pa
                          resample_abs_pos_embed, to_2tuple, trunc_normal_)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
+from timm.models import checkpoint
 from timm.models.pvt_v2 import (Attention, MlpWithDepthwiseConv, PyramidVisionTransformerStage,
                                 PyramidVisionTransformerV2)
 from timm.models.pvt_v2 import checkpoint_filter_fn as _pvt_v2_filter

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from timm.models import generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint
+from timm.models import checkpoint
 
 from densezoo.heads.upsample import PixelShuffleUpsample
 from densezoo.layers.channel_attention import ChannelAttention

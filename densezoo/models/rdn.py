@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from timm.models import generate_default_cfgs
-from timm.models._manipulate import checkpoint
+from timm.models import checkpoint
 
 from densezoo.heads.upsample import DenseUpsample
 from densezoo.models._sr import SRModel, register_sr_models, sr_cfg

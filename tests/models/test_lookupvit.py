@@ -292,7 +292,9 @@ def test_same_weights_run_with_any_compressed_grid():
     with torch.no_grad():
         torch.testing.assert_close(other(x), outputs[(2, 5)])
     model.set_input_size(compressed_grid=3)
-    assert model.compressed_grid == (3, 3) and model._model_args['compressed_grid'] == (3, 3)
+    assert model.compressed_grid == (3, 3)
+    if hasattr(timm.models, 'get_model_args'):  # timm >= 1.0.31 records the arguments to rebuild the model
+        assert timm.models.get_model_args(model)['compressed_grid'] == (3, 3)
     with torch.no_grad():
         torch.testing.assert_close(model(x), outputs[(3, 3)])
 
@@ -380,7 +382,7 @@ def test_connection_spans_all_blocks_on_the_joint_token_tensor():
     assert model.connection_kind == 'mudd' and model.connection.num_blocks == 3
     assert model.connection.num_streams == 1 and model.connection.dim == 32
     assert {'connection.bias.0', 'pos_embed'} <= model.no_weight_decay()
-    groups = timm.models._manipulate.group_parameters(model, model.group_matcher(), reverse=True)
+    groups = timm.models.group_parameters(model, model.group_matcher(), reverse=True)
     last_block = max(g for n, g in groups.items() if n.startswith('blocks.'))
     assert {g for n, g in groups.items() if n.startswith('connection.')} == {last_block + 1}
     dwa = _model(f'{TINY}_dwa', connection_args=dict(dilation=2))
@@ -469,7 +471,7 @@ def test_head_pooling_and_classifier_reset():
         model.to(torch.bfloat16)
         assert model(x.bfloat16()).dtype == torch.bfloat16
     meta = _meta(TINY)
-    groups = timm.models._manipulate.group_parameters(meta, meta.group_matcher(), reverse=True)
+    groups = timm.models.group_parameters(meta, meta.group_matcher(), reverse=True)
     assert len(set(groups.values())) == 14  # stem, 12 blocks, final norm
     assert meta.no_weight_decay() == {'pos_embed'}
     assert meta.default_cfg['classifier'] + '.weight' in meta.state_dict()

@@ -22,7 +22,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from timm.models.pvt_v2 import Block as TimmPvtV2Block, PyramidVisionTransformerV2
 
 import densezoo

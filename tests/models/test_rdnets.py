@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from timm.models.rdnet import DenseStage
 from torch import nn
 

@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from timm.models.vision_transformer import ResPostBlock
 
 import densezoo
