@@ -22,7 +22,7 @@ setup(
         # The floors are the versions CI tests (requirements/lowest.txt); the resolver's newest are tested too.
         'torch>=2.6',
         'torchvision>=0.21',
-        'timm>=1.0.29,<2',
+        'timm>=1.0.31,<2',
         'safetensors>=0.4',
         'pyyaml>=6.0',
         'numpy>=1.24',

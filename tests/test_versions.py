@@ -33,7 +33,8 @@ def test_setup_floors_are_the_pins_ci_tests():
 def test_readme_states_the_tested_floors():
     readme = (ROOT / 'README.md').read_text()
     pins = _pins()
-    assert f"torch {pins['torch']} to" in readme and f"timm {pins['timm']} to" in readme
+    assert f"torch {pins['torch']} to" in readme and f"timm {pins['timm']}" in readme
+    assert f"`torch>={_floors()['torch']}`, `timm>={_floors()['timm']}`" in readme
     assert 'pip install -r requirements/lowest.txt -e ".[dev]"' in (ROOT / '.ci' / 'run').read_text()
 
 

@@ -1,5 +1,6 @@
 """Channel attention of RCAN and HAT (squeeze-and-excitation with 1×1 convs; the official parameter names)."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['ChannelAttention']
@@ -21,5 +22,14 @@ class ChannelAttention(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(num_feat, hidden, 1), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, num_feat, 1), nn.Sigmoid())
 
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel weights (B, C, 1, 1) in (0, 1), without applying them: ``self.attention(x)``, computed as
+        matrix products (a 1×1 conv on a 1×1 map is one; linear on (B, C) skips the conv's im2col machinery)."""
+        _, down, act, up, sigmoid = self.attention
+        y = x.mean((2, 3))  # the global average pooling, as (B, C)
+        y = act(F.linear(y, down.weight.flatten(1), down.bias))
+        y = sigmoid(F.linear(y, up.weight.flatten(1), up.bias))
+        return y[:, :, None, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
+        return x * self.gate(x)

@@ -7,14 +7,9 @@ from torch import nn
 
 from timm.models import get_arch_pretrained_cfgs, register_model
 
-try:  # timm >= 1.0.31 records a model's current construction arguments (timm.models.get_model_args)
-    from timm.models._input import update_model_args, update_model_input_size
-except ImportError:  # earlier timm keeps no such record, and its own models record nothing either
-    def update_model_args(model: nn.Module, **model_args) -> None:
-        """No record to update in this timm version."""
-
-    def update_model_input_size(model: nn.Module, img_size, **model_args) -> None:
-        """No record to update in this timm version."""
+# timm records a model's current construction arguments with these (timm.models.get_model_args); it exports them
+# from no public module
+from timm.models._input import update_model_args, update_model_input_size
 
 __all__ = ['connected_cfgs', 'register_connected', 'check_image_input', 'check_image_batch', 'is_tracing',
            'update_model_args', 'update_model_input_size']

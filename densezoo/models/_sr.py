@@ -257,15 +257,28 @@ def _init_weights(module: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # connections over the residual groups
 
+class _GridRunner:
+    """The model as the connection's runner, with this forward's token grid size bound to ``run_block`` (kept
+    here, not on the model: a forward that sets module attributes cannot be exported)."""
+
+    def __init__(self, model: nn.Module, x_size: Tuple[int, int]):
+        self.model, self.x_size = model, x_size
+
+    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return self.model.run_block(index, x, self.x_size)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
 class ConnectedWindowSR(ConnectedStage):
     """Mixin for a SwinIR-style model whose residual groups run through ``self.connection``."""
 
-    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        return _run(self.layers[index], self.grad_checkpointing and self.training, x, self._x_size)
+    def run_block(self, index: int, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
+        return _run(self.layers[index], self.grad_checkpointing and self.training, x, x_size)
 
     def run_layers(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
-        self._x_size = x_size
-        return self.connection(x, self)
+        return self.connection(x, _GridRunner(self, x_size))
 
 
 def register_window_family(name: str, model_type: type) -> type:

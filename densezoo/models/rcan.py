@@ -37,7 +37,11 @@ _logger = logging.getLogger(__name__)
 
 
 class RCAB(nn.Module):
-    """Residual channel attention block: x + res_scale · CA(conv(ReLU(conv(x))))."""
+    """Residual channel attention block: x + res_scale · CA(conv(ReLU(conv(x)))).
+
+    ``self.rcab`` holds the branch (conv, ReLU, conv, channel attention; BasicSR's names); the forward applies the
+    attention's channel weights, ``res_scale`` and the skip in one ``addcmul`` pass instead of three.
+    """
 
     def __init__(self, num_feat: int, squeeze_factor: int = 16, res_scale: float = 1):
         super().__init__()
@@ -49,7 +53,9 @@ class RCAB(nn.Module):
             ChannelAttention(num_feat, squeeze_factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rcab(x) * self.res_scale + x
+        conv1, act, conv2, attention = self.rcab
+        branch = conv2(act(conv1(x)))
+        return torch.addcmul(x, branch, attention.gate(branch), value=self.res_scale)
 
 
 class ResidualGroup(nn.Module):
@@ -62,6 +68,11 @@ class ResidualGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.residual_group(x)) + x
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a channels-last (and not also a contiguous) 4-D map."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _supported_scale(upscale: int) -> bool:
@@ -126,9 +137,14 @@ class RCAN(SRModel):
         return x
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
+        memory_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        if x.device.type == 'cpu':
+            # oneDNN's CPU convs take channels-last maps as they are, but reorder contiguous (NCHW) ones to a
+            # blocked layout and back around every conv: run the network channels-last, return the input's layout
+            x = x.contiguous(memory_format=torch.channels_last)
         shallow = self.conv_first(x)
         features = self.conv_after_body(self.forward_features(shallow)) + shallow
-        return self.conv_last(self.upsample(features))
+        return self.conv_last(self.upsample(features)).contiguous(memory_format=memory_format)
 
 
 # ---------------------------------------------------------------------------------------------------------------

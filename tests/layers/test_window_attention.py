@@ -73,6 +73,17 @@ def test_window_layout_is_roll_then_partition_with_masked_windows_last(shift):
     assert window_layout(8, 12, 4, shift) is layout  # cached
 
 
+@pytest.mark.parametrize('size', [(8, 12, 4, 2), (4, 12, 4, 1), (16, 8, 8, 4), (24, 24, 8, 4), (8, 8, 8, 4)])
+def test_masked_windows_are_exactly_those_the_mask_marks(size):
+    """The layout picks the masked windows by index arithmetic; the mask agrees at every size."""
+    height, width, window, shift = size
+    layout = window_layout(height, width, window, shift)
+    carries_mask = layout.mask.flatten(1).ne(0).any(1)
+    assert not carries_mask[:layout.unmasked].any() and carries_mask[layout.unmasked:].all()
+    full = shifted_window_mask(height, width, window, shift)
+    assert layout.unmasked == int((~full.flatten(1).ne(0).any(1)).sum())
+
+
 @pytest.mark.parametrize('unmasked', [0, 2, 6])
 @pytest.mark.parametrize('batch', [1, 2])
 def test_leading_unmasked_windows_share_the_bias(batch, unmasked):

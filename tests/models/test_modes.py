@@ -13,7 +13,7 @@ import timm
 import torch
 
 import densezoo
-from tests.helpers import perturb_connections, perturb_norms, scale_preserving_weights
+from tests.helpers import one_line, perturb_connections, perturb_norms, scale_preserving_weights
 
 _SWIN = dict(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 4), drop_path_rate=0.)
 _PVT = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(2, 2, 2, 2), drop_path_rate=0.)
@@ -244,19 +244,23 @@ def test_compilers_take_the_reference_path(monkeypatch):
     assert calls == []
 
 
-def test_the_environment_variable_and_its_errors(tmp_path):
+def test_the_environment_variable_and_its_errors(monkeypatch):
+    import os
     import subprocess
     import sys
-    code = 'import densezoo; print(densezoo.use_fast_path())'
-    for value, expected in (('0', 'False'), ('off', 'False'), ('1', 'True'), ('', 'True')):
-        env = {**__import__('os').environ, 'DENSEZOO_FAST_PATH': value}
-        out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == expected, value
-    env = {**__import__('os').environ, 'DENSEZOO_FAST_PATH': 'fast'}
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1] == (
-        "ValueError: DENSEZOO_FAST_PATH='fast' is not understood; set it to 1 (fast paths, the default) or 0 "
-        "(plain PyTorch only)")
+    from densezoo.layers import fast_path
+    for value, expected in (('0', False), ('off', False), ('False', False), ('1', True), ('on', True), ('', True)):
+        monkeypatch.setenv('DENSEZOO_FAST_PATH', value)
+        assert fast_path._from_environment() is expected, value
+    monkeypatch.setenv('DENSEZOO_FAST_PATH', 'fast')
+    with pytest.raises(ValueError) as error:
+        fast_path._from_environment()
+    assert one_line(error) == ("DENSEZOO_FAST_PATH='fast' is not understood; set it to 1 (fast paths, the default) "
+                               "or 0 (plain PyTorch only)")
     with pytest.raises(TypeError, match='^set_fast_path takes True or False'):
         densezoo.set_fast_path('no')
+    # read when densezoo is imported
+    env = {**os.environ, 'DENSEZOO_FAST_PATH': '0'}
+    out = subprocess.run([sys.executable, '-c', 'import densezoo; print(densezoo.use_fast_path())'], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'False'
