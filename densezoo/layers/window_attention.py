@@ -64,7 +64,8 @@ def _mask_array(height: int, width: int, window_size: int, shift_size: int) -> n
 
 @functools.lru_cache(maxsize=64)
 def _cached_mask(height: int, width: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(_mask_array(height, width, window_size, shift_size), device=device)
+    with torch.inference_mode(False):  # a normal tensor even when first asked for under inference_mode
+        return torch.as_tensor(_mask_array(height, width, window_size, shift_size), device=device)
 
 
 def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int,
@@ -137,7 +138,12 @@ def _layout_tensors(height: int, width: int, window_size: int, shift_size: int,
                         None if mask is None else torch.as_tensor(mask, device=device), unmasked)
 
 
-_cached_window_layout = functools.lru_cache(maxsize=64)(_layout_tensors)
+@functools.lru_cache(maxsize=64)
+def _cached_window_layout(height: int, width: int, window_size: int, shift_size: int,
+                          device: torch.device) -> WindowLayout:
+    with torch.inference_mode(False):  # normal tensors even when first asked for under inference_mode, so that
+        # later training can save them for backward
+        return _layout_tensors(height, width, window_size, shift_size, device)
 
 
 def window_layout(height: int, width: int, window_size: int, shift_size: int = 0,

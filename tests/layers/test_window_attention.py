@@ -84,6 +84,13 @@ def test_masked_windows_are_exactly_those_the_mask_marks(size):
     assert layout.unmasked == int((~full.flatten(1).ne(0).any(1)).sum())
 
 
+def test_layouts_first_built_under_inference_mode_serve_training():
+    with torch.inference_mode():
+        layout = window_layout(12, 20, 4, 2)
+        mask = shifted_window_mask(12, 20, 4, 2)
+    assert not layout.order.is_inference() and not layout.mask.is_inference() and not mask.is_inference()
+
+
 @pytest.mark.parametrize('unmasked', [0, 2, 6])
 @pytest.mark.parametrize('batch', [1, 2])
 def test_leading_unmasked_windows_share_the_bias(batch, unmasked):
