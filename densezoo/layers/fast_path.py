@@ -45,11 +45,13 @@ def _from_environment() -> bool:
 _ENABLED = _from_environment()
 
 
+_IS_EXPORTING = getattr(torch.compiler, 'is_exporting', None)  # absent from some PyTorch releases
+
+
 def is_tracing() -> bool:
     """Whether a compiler or tracer is recording the model (torch.compile, torch.export, TorchScript, JIT)."""
-    exporting = getattr(torch.compiler, 'is_exporting', None)
     return bool(torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or (exporting is not None and exporting()))
+                or (_IS_EXPORTING is not None and _IS_EXPORTING()))
 
 
 def use_fast_path() -> bool:

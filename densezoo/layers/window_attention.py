@@ -48,7 +48,6 @@ def _window_rows(grid: np.ndarray, window_size: int) -> np.ndarray:
     return windows.transpose(0, 2, 1, 3).reshape(-1, window_size * window_size)
 
 
-@functools.lru_cache(maxsize=64)
 def _mask_array(height: int, width: int, window_size: int, shift_size: int) -> np.ndarray:
     regions = np.zeros((height, width), dtype=np.int64)
     bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
@@ -78,7 +77,7 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift_size: i
     """
     device = torch.device(device or 'cpu')
     if is_tracing():
-        return torch.as_tensor(_mask_array.__wrapped__(height, width, window_size, shift_size), device=device)
+        return torch.as_tensor(_mask_array(height, width, window_size, shift_size), device=device)
     return _cached_mask(height, width, window_size, shift_size, device)
 
 
@@ -124,9 +123,10 @@ def _layout_arrays(height: int, width: int, window_size: int,
         # arithmetic rather than by looking at the mask, so that every size is static for tracers
         rows, cols = height // window_size, width // window_size
         plain = [i * cols + j for i in range(rows - 1) for j in range(cols - 1)]
-        keep = np.array(plain + sorted(set(range(rows * cols)) - set(plain)), dtype=np.int64)
-        windows, mask, unmasked = windows[keep], _mask_array.__wrapped__(height, width, window_size,
-                                                                         shift_size)[keep], len(plain)
+        edge = [i * cols + j for i in range(rows) for j in range(cols) if i == rows - 1 or j == cols - 1]
+        keep = np.array(plain + edge, dtype=np.int64)
+        windows, unmasked = windows[keep], len(plain)
+        mask = _mask_array(height, width, window_size, shift_size)[keep]
     order = windows.reshape(-1)
     return order, np.argsort(order), mask, unmasked
 

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.models import build_model_with_cfg, register_model, resolve_pretrained_cfg
-from timm.models import checkpoint
+from timm.models import build_model_with_cfg, checkpoint, register_model, resolve_pretrained_cfg
 
 from densezoo.heads.upsample import SRReconstruction
 from densezoo.layers.window_attention import shifted_window_mask

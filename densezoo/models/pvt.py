@@ -33,9 +33,8 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (DropPath, LayerNorm, Mlp, PatchEmbed, calculate_drop_path_rates, get_device_dtype,
                          resample_abs_pos_embed, to_2tuple, trunc_normal_)
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models import checkpoint
 from timm.models.pvt_v2 import (Attention, MlpWithDepthwiseConv, PyramidVisionTransformerStage,
                                 PyramidVisionTransformerV2)
 from timm.models.pvt_v2 import checkpoint_filter_fn as _pvt_v2_filter

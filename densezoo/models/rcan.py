@@ -23,8 +23,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from timm.models import generate_default_cfgs, register_model
-from timm.models import checkpoint
+from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from densezoo.heads.upsample import PixelShuffleUpsample
 from densezoo.layers.channel_attention import ChannelAttention

@@ -25,8 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from timm.models import generate_default_cfgs
-from timm.models import checkpoint
+from timm.models import checkpoint, generate_default_cfgs
 
 from densezoo.heads.upsample import DenseUpsample
 from densezoo.models._sr import SRModel, register_sr_models, sr_cfg
