@@ -1,16 +1,18 @@
 """One switch for densezoo's fast paths, as timm has ``TIMM_FUSED_ATTN`` for its fused attention.
 
-The fast paths are oneDNN's fused linear (+ GELU) in float32 CPU inference, the window attention that runs
-PyTorch's fused CPU kernel forward with a hand-written backward, and the MLP whose backward recomputes GELU. Each
-has a reference path in plain PyTorch (``F.linear``, ``F.gelu``, ``F.scaled_dot_product_attention`` and autograd)
-with the same outputs and gradients, and the tests compare the two.
+The fast paths are oneDNN's fused linear (+ GELU) on prepacked weights in float32 CPU inference, shifted-window
+attention by regions and kept position biases in inference, the window attention that runs PyTorch's fused CPU
+kernel forward with a hand-written backward, and the MLP whose backward recomputes GELU. Each has a reference path
+in plain PyTorch (``F.linear``, ``F.gelu``, ``F.scaled_dot_product_attention`` with the mask, and autograd) with
+the same outputs and gradients, and the tests compare the two.
 
 - ``DENSEZOO_FAST_PATH=0`` in the environment (read at import) or ``densezoo.set_fast_path(False)`` runs every
   model on the reference path; ``densezoo.use_fast_path()`` says which is on.
 - Under ``torch.compile``, ``torch.export``, TorchScript and FX or JIT tracing the reference path is always taken:
   the compilers see plain operators, which they optimise and serialise themselves.
 - The private PyTorch operators are used only where a one-time probe on a small input ran them and got the
-  reference result (``onednn_linear()``, ``flash_attention_cpu()``); on any other PyTorch they are skipped.
+  reference result (``onednn_linear()``, ``onednn_weight_packing()``, ``flash_attention_cpu()``); on any other
+  PyTorch they are skipped.
 """
 import contextlib
 import functools
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['ENV_VAR', 'use_fast_path', 'set_fast_path', 'fast_path', 'is_tracing', 'onednn_linear',
-           'flash_attention_cpu']
+           'onednn_weight_packing', 'flash_attention_cpu']
 
 _logger = logging.getLogger(__name__)
 
@@ -101,6 +103,22 @@ def onednn_linear() -> Optional[Callable]:
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((2, 5, 8), (6, 8), (6,)))
     usable = _probe('mkldnn._linear_pointwise', lambda: op(x, weight, bias, 'gelu', [], 'none'),
+                    lambda: F.gelu(F.linear(x, weight, bias)))
+    return op if usable else None
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_weight_packing() -> Optional[Callable]:
+    """oneDNN's weight prepacking for ``onednn_linear()`` (``torch.ops.mkldnn._reorder_linear_weight``, what
+    inductor's freezing does) if this PyTorch build has it and the packed weight gives the reference result, else
+    None. ``op(weight, rows)`` returns the packed copy of a (out, in) weight for inputs of about ``rows`` rows."""
+    linear = onednn_linear()
+    op = getattr(torch.ops.mkldnn, '_reorder_linear_weight', None)
+    if linear is None or op is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((2, 5, 8), (6, 8), (6,)))
+    usable = _probe('mkldnn._reorder_linear_weight', lambda: linear(x, op(weight, 10), bias, 'gelu', [], 'none'),
                     lambda: F.gelu(F.linear(x, weight, bias)))
     return op if usable else None
 

@@ -9,6 +9,10 @@ The layers keep the official modules' parameter names (``attn.qkv``, ``attn.rela
 - the cyclic shift and the window partition are one gather of the tokens (and the reverse shift and the merge one
   more), instead of a copy for the roll and another for the partition; the gather puts the windows that need the
   shifted-window mask last, so only those attend with a per-window mask and the others share the position bias;
+- in inference on the fast path those masked windows attend region by region without a mask (rectangles of the
+  shifted grid, ``WindowLayout.regions``), which skips the masked scores;
+- blocks may take their tokens in window order (``to_window_order``) where the layers between them act on each
+  token alone (DRCT's body): the unshifted windows then need no gather at all;
 - the shifted-window mask is built once per (size, window, shift, device) and cached, instead of on every forward;
 - the relative-position index and the masks are not stored in the state dict: they follow from the window size and
   the input size, so one set of weights runs at any input size. Official checkpoints that store them (``attn_mask``,
@@ -17,20 +21,23 @@ The layers keep the official modules' parameter names (``attn.qkv``, ``attn.rela
 Paper: SwinIR (https://arxiv.org/abs/2108.10257), after Swin Transformer (https://arxiv.org/abs/2103.14030).
 """
 import functools
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import get_relative_position_index
 
-from densezoo.layers.fast_path import flash_attention_cpu, is_tracing, onednn_linear, use_fast_path
+from densezoo.layers.fast_path import (flash_attention_cpu, is_tracing, onednn_linear, onednn_weight_packing,
+                                      use_fast_path)
 
 __all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_layout',
-           'window_attention', 'gather_position_bias', 'fast_linear', 'WindowAttention', 'LeanMlp', 'SwinIRBlock', 'MASK_VALUE']
+           'to_window_order', 'from_window_order', 'window_attention', 'gather_position_bias', 'fast_linear',
+           'WindowAttention', 'LeanMlp', 'SwinIRBlock', 'MASK_VALUE']
 
 #: Additive attention score between tokens of different shifted regions (the official value, not -inf).
 MASK_VALUE = -100.0
@@ -102,18 +109,55 @@ class WindowLayout(NamedTuple):
     (``windows[:, inverse]``). The windows whose tokens come from more than one region of the shifted grid (the
     last row and column of windows) are placed last: ``mask`` (nW, N, N) is the additive shifted-window mask in this
     window order, zero for its first ``unmasked`` windows. ``mask`` is None without a shift.
+
+    A layout for tokens that already come in the unshifted window order (``window_layout(..., windowed=True)``)
+    indexes that order instead of the row-major one; without a shift its ``order`` and ``inverse`` are None (the
+    tokens are in place).
     """
-    order: torch.Tensor
-    inverse: torch.Tensor
+    order: Optional[torch.Tensor]
+    inverse: Optional[torch.Tensor]
     mask: Optional[torch.Tensor]
     unmasked: int
+    regions: Tuple[Tuple[int, int, int], ...] = ()
 
 
-def _layout_arrays(height: int, width: int, window_size: int,
-                   shift_size: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], int]:
-    """The layout as arrays: pure integer work, so that no tracer sees it as data-dependent."""
+#: ``WindowLayout.regions`` (with ``window_layout(..., regions=True)``): after the ``unmasked`` whole windows, the
+#: masked windows come split at their region borders, as groups of ``count`` rectangles of ``height × width``
+#: tokens (each rectangle's tokens row by row). Attention within each rectangle, without a mask, is the masked
+#: attention of the whole window: the masked scores weigh exp(−100) ≈ 4e-44 there, nothing in float32.
+
+
+def _edge_rectangles(grid: np.ndarray, window_size: int, shift_size: int) -> Dict[Tuple[int, int], list]:
+    """The masked windows of a shifted ``grid`` cut at their region borders: rectangles of token numbers, grouped
+    by shape (rows, columns), in window order."""
+    height, width = grid.shape
+    rows, cols = height // window_size, width // window_size
+
+    def spans(index: int, count: int, side: int) -> list:
+        if index < count - 1:
+            return [(index * window_size, window_size)]
+        return [(side - window_size, window_size - shift_size), (side - shift_size, shift_size)]
+
+    groups: Dict[Tuple[int, int], list] = {}
+    for i in range(rows):
+        for j in range(cols):
+            if i < rows - 1 and j < cols - 1:
+                continue
+            for top, tall in spans(i, rows, height):
+                for left, wide in spans(j, cols, width):
+                    groups.setdefault((tall, wide), []).append(grid[top:top + tall, left:left + wide].reshape(-1))
+    return groups
+
+
+def _layout_arrays(height: int, width: int, window_size: int, shift_size: int, windowed: bool = False,
+                   regions: bool = False):
+    """The layout as arrays: pure integer work, so that no tracer sees it as data-dependent. With ``windowed`` the
+    token numbers are positions in the unshifted window order rather than in row-major order; with ``regions``
+    (and a shift) the masked windows are cut into their regions (``WindowLayout.regions``) and no mask is made."""
     grid = np.arange(height * width).reshape(height, width)
-    mask = None
+    if windowed:  # grid[r, c] = where token (r, c) sits in the unshifted window order
+        grid = np.argsort(_window_rows(grid, window_size).reshape(-1)).reshape(height, width)
+    mask, groups = None, ()
     if shift_size:
         grid = np.roll(grid, (-shift_size, -shift_size), axis=(0, 1))
     windows = _window_rows(grid, window_size)  # (nW, N) token indices
@@ -124,39 +168,98 @@ def _layout_arrays(height: int, width: int, window_size: int,
         rows, cols = height // window_size, width // window_size
         plain = [i * cols + j for i in range(rows - 1) for j in range(cols - 1)]
         edge = [i * cols + j for i in range(rows) for j in range(cols) if i == rows - 1 or j == cols - 1]
+        if regions:
+            rectangles = _edge_rectangles(grid, window_size, shift_size)
+            groups = tuple((len(parts), tall, wide) for (tall, wide), parts in rectangles.items())
+            order = np.concatenate([windows[plain].reshape(-1)] + [np.concatenate(parts)
+                                                                    for parts in rectangles.values()])
+            return order, np.argsort(order), None, len(plain), groups
         keep = np.array(plain + edge, dtype=np.int64)
         windows, unmasked = windows[keep], len(plain)
         mask = _mask_array(height, width, window_size, shift_size)[keep]
     order = windows.reshape(-1)
-    return order, np.argsort(order), mask, unmasked
+    return order, np.argsort(order), mask, unmasked, groups
 
 
-def _layout_tensors(height: int, width: int, window_size: int, shift_size: int,
-                    device: torch.device) -> WindowLayout:
-    order, inverse, mask, unmasked = _layout_arrays(height, width, window_size, shift_size)
+def _layout_tensors(height: int, width: int, window_size: int, shift_size: int, device: torch.device,
+                    windowed: bool = False, regions: bool = False) -> WindowLayout:
+    if windowed and not shift_size:
+        return WindowLayout(None, None, None, (height // window_size) * (width // window_size))
+    order, inverse, mask, unmasked, groups = _layout_arrays(height, width, window_size, shift_size, windowed,
+                                                            regions)
     return WindowLayout(torch.as_tensor(order, device=device), torch.as_tensor(inverse, device=device),
-                        None if mask is None else torch.as_tensor(mask, device=device), unmasked)
+                        None if mask is None else torch.as_tensor(mask, device=device), unmasked, groups)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_window_layout(height: int, width: int, window_size: int, shift_size: int,
-                          device: torch.device) -> WindowLayout:
+def _cached_window_layout(height: int, width: int, window_size: int, shift_size: int, device: torch.device,
+                          windowed: bool, regions: bool) -> WindowLayout:
     with torch.inference_mode(False):  # normal tensors even when first asked for under inference_mode, so that
         # later training can save them for backward
-        return _layout_tensors(height, width, window_size, shift_size, device)
+        return _layout_tensors(height, width, window_size, shift_size, device, windowed, regions)
 
 
 def window_layout(height: int, width: int, window_size: int, shift_size: int = 0,
-                  device: Optional[torch.device] = None) -> WindowLayout:
+                  device: Optional[torch.device] = None, windowed: bool = False,
+                  regions: bool = False) -> WindowLayout:
     """The ``WindowLayout`` of an H×W token grid for windows of ``window_size`` shifted by ``shift_size``.
 
-    Cached per size, window, shift and device, except while a compiler or tracer records the model (it records
-    the tensors as constants); do not modify the returned tensors.
+    ``windowed``: the tokens come in the unshifted window order (``to_window_order``) rather than row by row.
+    ``regions``: cut the masked windows of a shifted layout at their region borders instead of making a mask.
+    Cached per size, window, shift, order and device, except while a compiler or tracer records the model (it
+    records the tensors as constants); do not modify the returned tensors.
     """
     device = torch.device(device or 'cpu')
     if is_tracing():
-        return _layout_tensors(height, width, window_size, shift_size, device)
-    return _cached_window_layout(height, width, window_size, shift_size, device)
+        return _layout_tensors(height, width, window_size, shift_size, device, windowed, regions)
+    return _cached_window_layout(height, width, window_size, shift_size, device, windowed, regions)
+
+
+def to_window_order(x: torch.Tensor, x_size: Tuple[int, int], window_size: int) -> torch.Tensor:
+    """Tokens (B, H·W, C) in row-major order → the same tokens window by window (``window_partition``'s order).
+
+    Layers that act on each token alone keep this order; ``SwinIRBlock(..., windowed=True)`` takes it, and then
+    its unshifted attention gathers and scatters nothing.
+    """
+    return x.index_select(1, window_layout(*x_size, window_size, device=x.device).order)
+
+
+def from_window_order(x: torch.Tensor, x_size: Tuple[int, int], window_size: int) -> torch.Tensor:
+    """Inverse of ``to_window_order``: tokens window by window → (B, H·W, C) in row-major order."""
+    return x.index_select(1, window_layout(*x_size, window_size, device=x.device).inverse)
+
+
+#: parameter → {what: ((version, address, shape, strides), sample of the values, derived tensor)}
+_DERIVED = WeakTensorKeyDictionary()
+
+#: values of a tensor compared, besides its version counter, to tell that it changed (``.data`` writes do not
+#: count as versions)
+_SAMPLED = 1024
+
+
+def _derived(tensor: torch.Tensor, what: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()``, a tensor that follows from ``tensor`` (a parameter or a view of one) in inference, made once
+    and kept while ``tensor`` is unchanged: an in-place update, a write that changes any of ``_SAMPLED`` evenly
+    spread values, a new storage or another view makes it again."""
+    if tensor.is_inference():  # inference tensors have no version counter to check
+        return make()
+    owner = tensor if tensor._base is None else tensor._base
+    state = (tensor._version, tensor.data_ptr(), tensor.shape, tensor.stride())
+    sample = tensor.reshape(-1)[::max(1, tensor.numel() // _SAMPLED)]
+    entries = _DERIVED.get(owner)
+    if entries is None:
+        entries = _DERIVED[owner] = {}
+    entry = entries.get(what)
+    if entry is None or entry[0] != state or not torch.equal(entry[1], sample):
+        entry = entries[what] = (state, sample.clone(), make())
+    return entry[2]
+
+
+def _packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """The oneDNN-packed copy of ``weight`` (kept while the weight is unchanged), or ``weight`` itself where
+    packing is not available."""
+    pack = onednn_weight_packing()
+    return weight if pack is None else _derived(weight, 'packed', lambda: pack(weight, rows))
 
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -164,16 +267,16 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """``F.linear(x, weight, bias)``, followed by exact GELU when ``activation='gelu'``.
 
     In float32 CPU inference (no gradients, no autocast) with the fast path on (``densezoo.use_fast_path()``) this
-    runs PyTorch's oneDNN linear kernel with the activation fused, about twice as fast as the default matrix product
-    on x86 CPUs for the token-by-channel products of the SR transformers (tools/latency.py; same results to float
-    rounding). Everywhere else it is ``F.linear`` (and ``F.gelu``).
+    runs PyTorch's oneDNN linear kernel with the activation fused, on a copy of the weight packed once in oneDNN's
+    layout (docs/benchmarks.md has the speed; same results to float rounding). Everywhere else it is ``F.linear``
+    (and ``F.gelu``).
     """
     if (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
             and weight.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
             and not isinstance(x, torch.fx.Proxy) and use_fast_path()):
         op = onednn_linear()
         if op is not None:
-            return op(x, weight, bias, activation, [], 'none')
+            return op(x, _packed_weight(weight, x.numel() // x.shape[-1]), bias, activation, [], 'none')
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == 'gelu' else out
 
@@ -315,10 +418,28 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
 
-    def position_bias(self) -> torch.Tensor:
+    def position_bias(self, tall: Optional[int] = None, wide: Optional[int] = None) -> torch.Tensor:
         """The relative-position bias (heads, N, N) gathered from the table (contiguous, so that adding the
-        shifted-window mask gives the contiguous mask the fused attention kernel takes without copying)."""
-        return gather_position_bias(self.relative_position_bias_table, self.relative_position_index)
+        shifted-window mask gives the contiguous mask the fused attention kernel takes without copying).
+
+        With ``tall`` and ``wide``: the bias (heads, n, n) among the n = tall·wide tokens of a rectangle inside a
+        window. On the fast path in inference it is gathered once and kept while the table is unchanged.
+        """
+        side = self.window_size
+        tall, wide = tall or side, wide or side
+
+        def gather() -> torch.Tensor:
+            index = self.relative_position_index
+            if (tall, wide) != (side, side):
+                inside = (torch.arange(tall, device=index.device)[:, None] * side
+                          + torch.arange(wide, device=index.device)).view(-1)
+                index = index[inside][:, inside]
+            return gather_position_bias(self.relative_position_bias_table, index)
+
+        table = self.relative_position_bias_table
+        if torch.is_grad_enabled() or not use_fast_path() or isinstance(table, torch.fx.Proxy):
+            return gather()
+        return _derived(table, ('position_bias', tall, wide), gather)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, unmasked: int = 0) -> torch.Tensor:
         """x: (B, nW, N, C) windows of N tokens; mask: (nW, N, N) additive, zero for the first ``unmasked``."""
@@ -330,6 +451,26 @@ class WindowAttention(nn.Module):
                              dropout_p=self.attn_drop if self.training else 0.)
         x = x.transpose(2, 3).reshape(batch, windows, tokens, -1)
         return self.proj_drop(fast_linear(x, self.proj.weight, self.proj.bias))
+
+    def forward_regions(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """Inference on tokens (B, T, C) gathered by a ``layout`` with ``regions``: the unmasked windows attend as
+        whole windows, the masked ones rectangle by rectangle (``WindowLayout.regions``), without a mask."""
+        batch, _, channels = x.shape
+        side = self.window_size
+        qkv = fast_linear(x, self.qkv.weight, self.qkv.bias)
+        segments = [(layout.unmasked, side, side)] * bool(layout.unmasked) + list(layout.regions)
+        parts, start = [], 0
+        for count, tall, wide in segments:
+            size = tall * wide
+            segment_bias = self.position_bias(tall, wide).unsqueeze(0).to(qkv.dtype)
+            chunk = qkv[:, start:start + count * size].view(batch, count, size, 3, self.num_heads, -1)
+            q, k, v = chunk.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, count, heads, size, d) each
+            for i in range(batch):
+                out = F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=segment_bias, scale=self.scale)
+                parts.append((i, out.transpose(1, 2).reshape(count * size, -1)))
+            start += count * size
+        out = torch.cat([part for _, part in sorted(parts, key=lambda item: item[0])]).view(batch, -1, channels)
+        return self.proj_drop(fast_linear(out, self.proj.weight, self.proj.bias))
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -413,8 +554,10 @@ class SwinIRBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = LeanMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
-    def attend(self, x: torch.Tensor, x_size: Tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
-        """Window attention over tokens (B, H·W, C); returns (B, H·W, C).
+    def attend(self, x: torch.Tensor, x_size: Tuple[int, int], norm: Optional[nn.Module] = None,
+               windowed: bool = False) -> torch.Tensor:
+        """Window attention over tokens (B, H·W, C); returns (B, H·W, C) in the same order (row-major, or the
+        unshifted window order with ``windowed``).
 
         ``norm`` (a per-token normalisation) is applied after the tokens are gathered into windows in inference: the
         same result, and an input that is a strided view (DRCT's dense features) is read once instead of copied
@@ -423,17 +566,26 @@ class SwinIRBlock(nn.Module):
         """
         height, width = x_size
         batch, tokens, channels = x.shape
-        if norm is not None and torch.is_grad_enabled():
+        # inference on the fast path attends within the regions of masked windows rather than with a mask
+        regions = bool(self.shift_size) and not torch.is_grad_enabled() and use_fast_path()
+        layout = window_layout(height, width, self.window_size, self.shift_size, x.device, windowed, regions)
+        if norm is not None and (torch.is_grad_enabled() or layout.order is None):
             x, norm = norm(x), None
-        layout = window_layout(height, width, self.window_size, self.shift_size, x.device)
-        windows = x.index_select(1, layout.order)
+        windows = x if layout.order is None else x.index_select(1, layout.order)
         if norm is not None:
             windows = norm(windows)
-        windows = self.attn(windows.view(batch, -1, self.window_size ** 2, channels), layout.mask, layout.unmasked)
-        return windows.view(batch, tokens, channels).index_select(1, layout.inverse)
+        if layout.regions:
+            windows = self.attn.forward_regions(windows, layout)
+        else:
+            windows = self.attn(windows.view(batch, -1, self.window_size ** 2, channels), layout.mask,
+                                layout.unmasked)
+        windows = windows.view(batch, tokens, channels)
+        return windows if layout.inverse is None else windows.index_select(1, layout.inverse)
 
-    def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
-        x = _add_residual(self.drop_path(self.attend(x, x_size, self.norm1)), x)
+    def forward(self, x: torch.Tensor, x_size: Tuple[int, int], windowed: bool = False) -> torch.Tensor:
+        """x: tokens (B, H·W, C) in row-major order, or in the unshifted window order (``to_window_order``) with
+        ``windowed``; returns them in the same order."""
+        x = _add_residual(self.drop_path(self.attend(x, x_size, self.norm1, windowed)), x)
         return _add_residual(self.drop_path(self.mlp(self.norm2(x))), x)
 
     def extra_repr(self) -> str:

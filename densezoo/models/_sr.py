@@ -22,7 +22,7 @@ from torch import nn
 from timm.models import build_model_with_cfg, checkpoint, register_model, resolve_pretrained_cfg
 
 from densezoo.heads.upsample import SRReconstruction
-from densezoo.layers.window_attention import shifted_window_mask
+from densezoo.layers.window_attention import from_window_order, shifted_window_mask, to_window_order
 from densezoo.models.connect import ConnectedStage, StageFamily, connect, register_family
 
 __all__ = ['SRModel', 'WindowSRTransformer', 'ConnectedWindowSR', 'checkpoint_filter_fn', 'sr_cfg', 'RGB_MEAN',
@@ -138,8 +138,11 @@ class WindowSRTransformer(SRReconstruction, SRModel):
 
     Subclasses build ``self.layers`` (modules called as ``layer(x, x_size)`` on (B, H·W, C) tokens) in their
     constructor between ``super().__init__`` and ``finish``. The body is a stage for ``densezoo.connect``:
-    ``dwa`` / ``mudd`` connections run over the residual groups.
+    ``dwa`` / ``mudd`` connections run over the residual groups. A subclass whose groups act on each token alone
+    outside window attention sets ``body_window_size``; its groups then take their tokens window by window
+    (``to_window_order``), and the body reorders them once on entry and once on exit.
     """
+    body_window_size: Optional[int] = None
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, window_size=7, upscale=2, img_range=1.,
                  upsampler='', resi_connection='1conv', norm_layer=nn.LayerNorm, patch_norm=True, ape=False,
@@ -187,7 +190,12 @@ class WindowSRTransformer(SRReconstruction, SRModel):
         x = self.patch_embed(x)
         if self.ape:
             x = x + self.absolute_pos_embed
-        x = self.run_layers(self.pos_drop(x), x_size)
+        x = self.pos_drop(x)
+        if self.body_window_size:
+            x = to_window_order(x, x_size, self.body_window_size)
+        x = self.run_layers(x, x_size)
+        if self.body_window_size:
+            x = from_window_order(x, x_size, self.body_window_size)
         return tokens_to_map(self.norm(x), x_size)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:

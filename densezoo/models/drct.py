@@ -9,6 +9,8 @@ official checkpoints and outputs match: five layers per group whatever ``depths`
 
 At inference the concatenation lives in one buffer per group, written once per layer, instead of a new
 ``torch.cat`` of all previous features before every layer (training keeps separate tensors, which autograd needs).
+Everything in the body but the attention acts on each token alone, so the body keeps its tokens window by window
+(``to_window_order``): the unshifted layers attend without moving a token, the shifted ones gather from that order.
 Like every densezoo SR model, DRCT pads inputs to a multiple of the window (reflect, bottom/right) and crops the
 output back; the official forward leaves this to its training framework.
 
@@ -33,7 +35,10 @@ LAYERS_PER_GROUP = 5
 
 
 class RDG(nn.Module):
-    """Residual dense group: five Swin layers densely connected through 1×1 adjust convs (official names)."""
+    """Residual dense group: five Swin layers densely connected through 1×1 adjust convs (official names).
+
+    Takes and returns tokens (B, H·W, C) in the unshifted window order of its layers (``to_window_order``).
+    """
 
     def __init__(self, dim, input_resolution, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, drop,
                  attn_drop, drop_path, norm_layer, gc, res_scale=0.2):
@@ -62,7 +67,7 @@ class RDG(nn.Module):
             # autograd keeps each layer's input, so the concatenations are separate tensors here
             features = x
             for k in range(LAYERS_PER_GROUP - 1):
-                grown = self._adjust(k, getattr(self, f'swin{k + 1}')(features, x_size))
+                grown = self._adjust(k, getattr(self, f'swin{k + 1}')(features, x_size, windowed=True))
                 features = torch.cat((features, grown), dim=-1)
         else:
             # inference: one buffer, each growth feature written once
@@ -71,10 +76,11 @@ class RDG(nn.Module):
             features[..., :dim] = x
             for k in range(LAYERS_PER_GROUP - 1):
                 width = dim + k * self.gc
-                grown = self._adjust(k, getattr(self, f'swin{k + 1}')(features[..., :width], x_size))
+                grown = self._adjust(k, getattr(self, f'swin{k + 1}')(features[..., :width], x_size, windowed=True))
                 features[..., width:width + self.gc] = grown
         last = LAYERS_PER_GROUP - 1
-        return self._adjust(last, getattr(self, f'swin{last + 1}')(features, x_size)) * self.res_scale + x
+        out = self._adjust(last, getattr(self, f'swin{last + 1}')(features, x_size, windowed=True))
+        return torch.add(x, out, alpha=self.res_scale)
 
 
 class DRCT(WindowSRTransformer):
@@ -105,6 +111,8 @@ class DRCT(WindowSRTransformer):
         for i, heads in enumerate(num_heads[:len(depths)]):
             self.layers.append(RDG(embed_dim, self.patches_resolution, heads, window_size, mlp_ratio, qkv_bias,
                                    qk_scale, drop_rate, attn_drop_rate, rates[sum(depths[:i])], norm_layer, gc))
+        if len(self.layers):
+            self.body_window_size = self.layers[0].swin1.window_size  # the groups take tokens in window order
         self.finish()
 
 

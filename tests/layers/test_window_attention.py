@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from densezoo.layers.window_attention import (MASK_VALUE, fast_linear, shifted_window_mask, window_attention,
-                                               window_merge, window_layout, window_partition)
+import densezoo
+from densezoo.layers.window_attention import (MASK_VALUE, SwinIRBlock, WindowAttention, fast_linear,
+                                               from_window_order, shifted_window_mask, to_window_order,
+                                               window_attention, window_merge, window_layout, window_partition)
 
 
 def _reference(q, k, v, position_bias, mask, scale):
@@ -203,3 +205,107 @@ def test_fast_linear_equals_linear_in_inference_and_training(activation):
     torch.testing.assert_close(out, expected)
     out.sum().backward()
     assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+@pytest.mark.parametrize('size', [(8, 12, 4, 2), (4, 12, 4, 1), (16, 8, 8, 4), (24, 16, 8, 3), (8, 8, 8, 4)])
+def test_region_layout_cuts_masked_windows_at_their_region_borders(size):
+    """Every token once; the unmasked windows first, as in the masked layout; then rectangles whose tokens share a
+    window and a region (mask 0 among them), and which are cut exactly where the mask separates tokens."""
+    height, width, window, shift = size
+    plain = window_layout(height, width, window, shift)
+    layout = window_layout(height, width, window, shift, regions=True)
+    assert layout.mask is None and layout.unmasked == plain.unmasked
+    assert torch.equal(layout.order.sort().values, torch.arange(height * width))
+    assert torch.equal(layout.order[layout.inverse], torch.arange(height * width))
+    head = plain.unmasked * window * window
+    assert torch.equal(layout.order[:head], plain.order[:head])
+    # the region and the window of every token, in the rolled grid
+    rolled = torch.arange(height * width).view(height, width).roll((-shift, -shift), (0, 1))
+    mask = shifted_window_mask(height, width, window, shift)  # (nW, N, N), windows row-major
+    window_of = torch.empty(height * width, dtype=torch.long)
+    slot_of = torch.empty(height * width, dtype=torch.long)
+    for w, tokens in enumerate(window_partition(rolled[None, ..., None], window).view(-1, window * window)):
+        window_of[tokens], slot_of[tokens] = w, torch.arange(window * window)
+    start, seen = head, 0
+    for count, tall, wide in layout.regions:
+        for _ in range(count):
+            tokens = layout.order[start:start + tall * wide]
+            start += tall * wide
+            w = int(window_of[tokens[0]])
+            assert (window_of[tokens] == w).all()
+            slots = slot_of[tokens]
+            assert (mask[w][slots][:, slots] == 0).all()  # one region
+            others = torch.tensor([s for s in range(window * window) if s not in set(slots.tolist())])
+            if len(others):
+                assert (mask[w][slots][:, others] == MASK_VALUE).all()  # and the whole of it
+            seen += 1
+    assert start == height * width and seen > 0
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_attention_by_regions_equals_the_masked_attention(batch):
+    torch.manual_seed(0)
+    attention = WindowAttention(12, 4, 3).eval()
+    height, width = 8, 12
+    tokens = torch.randn(batch, height * width, 12)
+    masked = window_layout(height, width, 4, 2)
+    regions = window_layout(height, width, 4, 2, regions=True)
+    with torch.no_grad():
+        expected = attention(tokens[:, masked.order].view(batch, -1, 16, 12), masked.mask, masked.unmasked)
+        expected = expected.view(batch, -1, 12)[:, masked.inverse]
+        got = attention.forward_regions(tokens[:, regions.order], regions)[:, regions.inverse]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('shift', [0, 2])
+@pytest.mark.parametrize('grad', [True, False])
+def test_blocks_on_tokens_in_window_order(shift, grad):
+    """A block given its tokens window by window returns them window by window, with the same values and
+    gradients as on row-major tokens."""
+    torch.manual_seed(1)
+    block = SwinIRBlock(12, (8, 12), 3, window_size=4, shift_size=shift).eval()
+    x = torch.randn(2, 8 * 12, 12, requires_grad=grad)
+    windowed = to_window_order(x, (8, 12), 4)
+    assert torch.equal(from_window_order(windowed, (8, 12), 4), x)
+    assert torch.equal(windowed.view(2, 6, 16, 12), window_partition(x.view(2, 8, 12, 12), 4))
+    with torch.set_grad_enabled(grad):
+        expected = block(x, (8, 12))
+        got = from_window_order(block(windowed, (8, 12), windowed=True), (8, 12), 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    if grad:
+        upstream = torch.randn_like(got)
+        want = torch.autograd.grad(expected, [x, *block.parameters()], upstream)
+        have = torch.autograd.grad(got, [x, *block.parameters()], upstream)
+        for a, b in zip(have, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kept_inference_tensors_follow_their_parameters():
+    """Packed weights and gathered position biases are kept between inference calls; every way of changing the
+    parameters (optimiser step, load_state_dict, a write through .data, a new tensor) is seen at the next call."""
+    torch.manual_seed(2)
+    block = SwinIRBlock(16, (8, 8), 2, window_size=4, shift_size=2).eval()
+    x = torch.randn(1, 64, 16)
+
+    def infer():
+        with torch.no_grad():
+            out = block(x, (8, 8))
+        with densezoo.fast_path(False), torch.no_grad():
+            torch.testing.assert_close(out, block(x, (8, 8)), rtol=1e-5, atol=1e-5)
+        return out
+
+    before = infer()
+    with torch.no_grad():  # as an optimiser steps
+        block.attn.qkv.weight.mul_(1.5)
+    changed = infer()
+    assert not torch.allclose(changed, before)
+    block.load_state_dict({k: v * 0.5 for k, v in block.state_dict().items()})
+    infer()
+    block.attn.relative_position_bias_table.data.add_(1.0)  # not counted as a version
+    block.mlp.fc1.weight.data.mul_(-1.0)
+    infer()
+    block.attn.proj.weight = torch.nn.Parameter(torch.randn(16, 16))
+    infer()
+    with torch.inference_mode():  # tensors made under inference_mode are kept nowhere
+        inference_block = SwinIRBlock(16, (8, 8), 2, window_size=4, shift_size=2).eval()
+        inference_block(x, (8, 8))

@@ -203,24 +203,33 @@ def test_compiled_training_step_matches_the_reference_path(name):
 
 
 def _count_calls(monkeypatch, calls):
-    """Record every call of a fast path: oneDNN's linear and the two hand-written backward functions."""
+    """Record every call of a fast path: oneDNN's linear and its weight packing, attention by regions and the two
+    hand-written backward functions."""
     from densezoo.layers import window_attention
+    window_attention._DERIVED.clear()  # pack again, so that packing is seen
     linear = window_attention.onednn_linear()
     if linear is not None:
         monkeypatch.setattr(window_attention, 'onednn_linear',
                             lambda: lambda *args: calls.append('onednn_linear') or linear(*args))
+    pack = window_attention.onednn_weight_packing()
+    if pack is not None:
+        monkeypatch.setattr(window_attention, 'onednn_weight_packing',
+                            lambda: lambda *args: calls.append('onednn_weight_packing') or pack(*args))
+    regions = window_attention.WindowAttention.forward_regions
+    monkeypatch.setattr(window_attention.WindowAttention, 'forward_regions',
+                        lambda *args: calls.append('forward_regions') or regions(*args))
     for function in (window_attention._FusedBiasedAttention, window_attention._GeluLinear):
         def forward(ctx, *args, _forward=function.forward, _name=function.__name__):
             calls.append(_name)
             return _forward(ctx, *args)
         monkeypatch.setattr(function, 'forward', staticmethod(forward))
-    return linear is not None
+    return {name for name, op in (('onednn_linear', linear), ('onednn_weight_packing', pack)) if op is not None}
 
 
 @pytest.mark.parametrize('name', ['swinir_light_x2', 'hat_x2'])
 def test_the_switch_turns_every_fast_path_off(name, monkeypatch):
     calls = []
-    has_onednn = _count_calls(monkeypatch, calls)
+    available = _count_calls(monkeypatch, calls)
     model, x = build(name)
     with densezoo.fast_path(False):
         assert not densezoo.use_fast_path()
@@ -232,8 +241,7 @@ def test_the_switch_turns_every_fast_path_off(name, monkeypatch):
     with torch.no_grad():
         model.eval()(x)
     model.train()(x).sum().backward()
-    expected = {'_FusedBiasedAttention', '_GeluLinear'} | ({'onednn_linear'} if has_onednn else set())
-    assert set(calls) == expected
+    assert set(calls) == {'_FusedBiasedAttention', '_GeluLinear', 'forward_regions'} | available
 
 
 def test_compilers_take_the_reference_path(monkeypatch):
