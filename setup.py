@@ -17,6 +17,13 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['densezoo', 'densezoo.*']),
+    entry_points={'console_scripts': [
+        'densezoo-train = densezoo.cli.train:main',
+        'densezoo-eval-sr = densezoo.cli.eval_sr:main',
+        'densezoo-flops = densezoo.cli.flops:main',
+        'densezoo-latency = densezoo.cli.latency:main',
+        'densezoo-model-table = densezoo.cli.model_table:main',
+    ]},
     install_requires=[
         # torch and torchvision come from the package index; torchvision must match torch's build.
         # The floors are the versions CI tests (requirements/lowest.txt); the resolver's newest are tested too.

@@ -7,7 +7,7 @@ from densezoo.layers.fast_path import fast_path, set_fast_path, use_fast_path
 from densezoo.models import *  # noqa: F401,F403  (registers the models)
 from densezoo.models.connect import connect, connection_parameters
 from densezoo.registry import list_models, model_table
-from densezoo.tasks.segmentation import Segmentor, create_segmentor
+from densezoo.heads.segmentor import Segmentor, create_segmentor
 from densezoo.version import __version__
 
 __all__ = ['connect', 'connection_options', 'connection_parameters', 'CONNECTION_KINDS', 'list_models',

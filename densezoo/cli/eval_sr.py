@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Evaluate a super-resolution model on benchmark folders: PSNR / SSIM per image and their means.
 
 Each folder holds HR/*.png and optionally LR_bicubic/X{scale}/*.png (else the inputs are made from HR by
@@ -16,14 +15,12 @@ import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-import densezoo  # noqa: E402,F401  (registers densezoo's models)
-from densezoo.datasets import DataError  # noqa: E402
-from densezoo.profile.common import parse_model_kwargs, write_json  # noqa: E402
-from densezoo.tasks.sr_eval import (EvalError, evaluate_benchmark, format_scores, load_sr_model,  # noqa: E402
+import densezoo  # noqa: F401  (registers densezoo's models)
+from densezoo.datasets import DataError
+from densezoo.profile.common import parse_model_kwargs, write_json
+from densezoo.tasks.sr_eval import (EvalError, evaluate_benchmark, format_scores, load_sr_model,
                                     scores_to_dict, sr_forward)
 
 

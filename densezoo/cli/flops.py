@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Parameters, multiply-adds (fvcore and torch's FlopCounterMode, side by side) and activations of models.
 
 MACs are multiply-adds of one forward pass (GFLOPs = 2 x GMACs); attention, densezoo's in-place fusions and its
@@ -9,18 +8,15 @@ Examples:
     python tools/flops.py swinv2_tiny_window8_256_mudd --img-size 512 --table
 """
 import argparse
-import os
 import sys
 
 import fvcore
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,  # noqa: E402
+from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,
                                      import_modules,
                                      parse_model_kwargs, write_json)
-from densezoo.profile.flops import count, format_table  # noqa: E402
+from densezoo.profile.flops import count, format_table
 
 
 def parse_args(argv=None):

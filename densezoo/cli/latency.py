@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Latency, throughput and peak memory of models side by side, with ratios against the first model.
 
 Examples:
@@ -12,12 +11,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,  # noqa: E402
+from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,
                                      import_modules,
                                      parse_model_kwargs, write_json)
-from densezoo.profile.latency import measure_latency  # noqa: E402
+from densezoo.profile.latency import measure_latency
 
 
 def parse_args(argv=None):
@@ -67,7 +64,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tune_malloc and any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
         # the allocator reads these at start-up: run again with them set
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])],
+        os.execve(sys.executable, [sys.executable, '-m', __spec__.name, *(argv or sys.argv[1:])],
                   {**os.environ, **_MALLOC_ENV})
     try:
         import_modules(args.imports)

@@ -1,16 +1,12 @@
-#!/usr/bin/env python
 """Print the markdown table of densezoo's registered models (name, family, connection, exact parameter count).
 
     python tools/model_table.py            # every model
     python tools/model_table.py '*_dwa'    # a wildcard subset
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from densezoo.registry import model_table  # noqa: E402
+from densezoo.registry import model_table
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Train a model from a YAML config (task, model, data, optimizer, schedule): densezoo's training engine.
 
     python tools/train.py configs/demo/swin_digits.yaml
@@ -13,11 +12,9 @@ import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from densezoo.datasets import DataError  # noqa: E402
-from densezoo.engine import ConfigError, TrainingError, load_config, resume_config, train  # noqa: E402
-from densezoo.engine.config import apply_overrides, config_from_dict, config_to_dict  # noqa: E402
+from densezoo.datasets import DataError
+from densezoo.engine import ConfigError, TrainingError, load_config, resume_config, train
+from densezoo.engine.config import apply_overrides, config_from_dict, config_to_dict
 
 
 def parse_args(argv=None):

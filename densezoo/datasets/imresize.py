@@ -1,27 +1,10 @@
 """MATLAB-compatible bicubic resizing (``imresize(img, scale)`` with its default 'bicubic' method).
 
 The benchmark low-resolution images of super-resolution (Set5, Set14, B100, Urban100, Manga109, DIV2K's
-``LR_bicubic``) were made with MATLAB's ``imresize``; training and evaluating against them needs the same kernel:
+``LR_bicubic``) were made with MATLAB's ``imresize``; training and evaluating against them needs the same kernel.
+Entry points: ``imresize``, ``cubic_kernel``, ``resize_weights``, ``output_size``.
 
-* Keys' cubic convolution kernel with a = -0.5, 4 pixels wide;
-* on downscaling (``antialias=True``, MATLAB's default) the kernel is stretched by 1/scale and scaled by scale,
-  so it also low-pass filters;
-* output size ``ceil(scale * size)``; output pixel x (1-based) samples input position
-  ``u = x / scale + (1 - 1/scale) / 2``;
-* the weights of each output pixel are normalised to sum to 1;
-* pixels outside the image are mirrored symmetrically (the border pixel repeated: ... 2 1 | 1 2 3 ...);
-* one dimension at a time, the one with the smaller scale first (rows first when the scales are equal).
-
-The arithmetic runs in float64 (on the CPU; in the input's dtype elsewhere) and is cast back to the input's dtype;
-numpy ``uint8`` input gives rounded, clipped ``uint8`` output like MATLAB's. Float output is not clipped (bicubic
-overshoots slightly at edges) and not rounded.
-
-Agreement with a reference: BasicSR's port of MATLAB's algorithm (``basicsr/utils/matlab_functions.py``,
-``imresize``) was run on random and natural images in [0, 1] (64x48 to 255x255 pixels) at scales 1/2, 1/3, 1/4,
-1/8, 3/4, 3/2, 2, 3 and 4. Run in float64 (as MATLAB computes), it agrees with this function to 5.6e-16 at most.
-As published it computes in float32, including the sampling positions, and then differs by at most 2.0e-5
-(0.005 of an 8-bit grey level): after rounding to 8 bits, 0.011% of the pixels differ by one level (values that
-lie within 0.005 of a half level).
+Design notes and the agreement with a reference implementation: docs/data.md.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union

@@ -1,14 +1,10 @@
 """Semantic segmentation datasets in ADE20K's layout: ``<root>/images/<split>/<name>.jpg|png`` with label maps
 ``<root>/annotations/<split>/<name>.png`` (one class index per pixel, 255 = ignore), paired by file stem.
 
-Training samples go through one albumentations pipeline applied jointly to the image and its label map (mmseg's
-ADE20K recipe by default: short side to ``resize_short`` x a random ratio in ``ratio_range``, padding with label 255,
-a random ``crop_size`` crop, horizontal flip, photometric jitter); evaluation samples keep their label map at its
-original size and get the image resized to ``resize_short`` (the logits are resized back to the labels). Randomness
-is seeded per sample from (seed, epoch, index), as in ``ImageFolderDataset``. ``reduce_zero_label`` maps label 0 to
-255 and subtracts 1 from the others (ADE20K's 150 classes, as mmseg). Label maps are resized with cv2's
-centre-aligned nearest neighbour (``INTER_NEAREST_EXACT``), which keeps them aligned with the bilinearly resized
-image.
+Entry points: ``SegmentationDataset``, ``build_seg_pipeline`` (mmseg's ADE20K recipe by default),
+``pair_segmentation_files`` and ``collate_segmentation``.
+
+Design notes: docs/data.md.
 """
 import os
 from pathlib import Path

@@ -1,24 +1,10 @@
 """Super-resolution (and restoration) datasets: HR / LR image pairs, or HR images degraded on the fly.
 
-* Pairs: an HR folder and an LR folder, matched by file stem; the LR stem may carry the scale as DIV2K's does
-  (``0001.png`` <-> ``0001x2.png``). An image without a partner is a one-line ``DataError``.
-* HR only: the LR image is made on the fly, by MATLAB-compatible bicubic downscaling (``imresize``, rounded to
-  8-bit values like stored LR images), Gaussian noise (``degradation='noise'``, scale 1) or JPEG compression
-  (``degradation='jpeg'``, scale 1). The HR image is first cropped to a multiple of the scale.
-* Training (``lr_patch`` set): an aligned random crop, ``lr_patch`` LR pixels and ``lr_patch * scale`` HR pixels
-  square, then random flips / transposes applied alike to both (albumentations, with ``additional_targets``). For
-  bicubic degradation only the crop (plus a margin the kernel needs) is downscaled, which gives exactly the pixels
-  of downscaling the whole image: training sees the same LR data as with stored LR images, at a fraction of the cost.
-* Evaluation (``lr_patch=None``): whole images; the HR image is cropped to ``scale`` times the LR size.
-* Randomness (crop, flips, noise) is seeded per sample from (seed, epoch, index), as in ``ImageFolderDataset``,
-  so a resumed run sees exactly the samples of an uninterrupted one.
-* Unreadable images follow the same policy as ``ImageFolderDataset``: ``corrupt='skip'`` warns naming the file and
-  uses the next pair, ``'error'`` stops naming it.
-* ``channels=1`` loads grey images: ``grey='L'`` is PIL's luma (full range, as OpenCV's grey reading), ``'Y'`` the
-  studio-range Y of MATLAB's ``rgb2ycbcr`` (as the SR metrics use), rounded to 8-bit values.
+``SRPairedDataset`` yields ``(lr, hr)`` float32 tensors (C, h, w) and (C, h * scale, w * scale) in [0, 1], from
+paired HR / LR folders or from HR images degraded by bicubic downscaling, Gaussian noise or JPEG compression;
+``pair_images``, ``load_image`` and ``degrade`` are its pieces.
 
-Samples are ``(lr, hr)`` float32 tensors (C, h, w) and (C, h * scale, w * scale) with values in [0, 1] (the noisy
-input of ``degradation='noise'`` is not clipped).
+Design notes: docs/data.md.
 """
 import io
 import os

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 __all__ = ['ConfigError', 'ModelConfig', 'DataConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig', 'load_config',
-           'config_from_dict', 'config_to_dict', 'apply_overrides']
+           'read_config_values', 'config_from_dict', 'config_to_dict', 'apply_overrides']
 
 
 class ConfigError(ValueError):
@@ -270,11 +270,35 @@ def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[st
     return values
 
 
-def load_config(path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config file, apply overrides and check it; raises ``ConfigError`` with a one-line reason."""
+#: key naming the config files a config builds on (paths relative to its own folder), as in mmengine's configs
+BASE_KEY = '_base_'
+#: key that, set to true in a mapping, replaces the base's mapping instead of updating it key by key
+DELETE_KEY = '_delete_'
+
+
+def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` updated by ``update``: mappings merge key by key (unless ``update``'s has ``_delete_: true``),
+    anything else is replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and value.get(DELETE_KEY):
+            merged[key] = {k: v for k, v in value.items() if k != DELETE_KEY}
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_values(path, _including: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """The values of a YAML config file with its ``_base_`` files (one name or a list, read relative to the file's
+    folder, earlier ones first) merged under it; raises ``ConfigError`` with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f'config file {str(path)!r} does not exist')
+    if path.resolve() in _including:
+        chain = ' -> '.join(str(p) for p in (*_including, path.resolve()))
+        raise ConfigError(f'config file {str(path)!r} includes itself through {BASE_KEY}: {chain}')
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -282,7 +306,25 @@ def load_config(path, overrides: Sequence[str] = ()) -> TrainConfig:
         raise ConfigError(f'config file {str(path)!r} is not valid YAML: {first}') from None
     if not isinstance(values, dict):
         raise ConfigError(f'config file {str(path)!r} must hold a mapping of sections, got {type(values).__name__}')
-    config = config_from_dict(apply_overrides(values, overrides))
+    bases = values.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+        raise ConfigError(f'{BASE_KEY} in config file {str(path)!r} must be a file name or a list of file names, '
+                          f'got {bases!r}')
+    merged: Dict[str, Any] = {}
+    for base in bases:
+        if not (path.parent / base).is_file():
+            raise ConfigError(f'{BASE_KEY} file {base!r} of config file {str(path)!r} does not exist (it is read '
+                              f'relative to {str(path.parent)!r})')
+        merged = _merge(merged, read_config_values(path.parent / base, (*_including, path.resolve())))
+    return _merge(merged, values)
+
+
+def load_config(path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config file (with its ``_base_`` files), apply overrides and check it; raises ``ConfigError``
+    with a one-line reason."""
+    path = Path(path)
+    config = config_from_dict(apply_overrides(read_config_values(path), overrides))
     if not config.name:
         config.name = path.stem
     return config

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import yaml
 
 from densezoo.engine.config import ConfigError, TrainConfig, config_from_dict
-from densezoo.engine.distributed import init_distributed
+from densezoo.distributed import init_distributed
 from densezoo.engine.trainer import RunResult, Trainer
 
 __all__ = ['new_run_dir', 'resume_config', 'train']

@@ -29,7 +29,7 @@ from densezoo.datasets import EpochSampler, preserved_rng
 from densezoo.engine.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                         seed_everything, set_rng_state)
 from densezoo.engine.config import TrainConfig, config_to_dict
-from densezoo.engine.distributed import barrier, init_distributed
+from densezoo.distributed import barrier, init_distributed
 from densezoo.engine.logger import RunLogger, plot_curves
 from densezoo.tasks import create_task
 

@@ -1,22 +1,11 @@
 """Semantic segmentation heads over a backbone's feature maps.
 
-Every head takes a list of NCHW maps (finest first) described by their ``in_channels`` and ``in_strides`` and
-returns class logits at ``head.output_stride`` (the stride of its finest input; DPT: half of its finest reassembled
-map, as in DPT). Layouts and defaults follow mmsegmentation's heads, built from ``timm.layers.ConvNormAct``
-(conv without bias → BatchNorm → ReLU, mmseg's ``ConvModule``):
+``create_seg_head`` builds ``upernet`` (``UPerHead``), ``fpn`` (``FPNHead``), ``segformer`` (``SegFormerHead``) or
+``dpt`` (``DPTHead``); ``FCNHead`` is the auxiliary head. Each takes a list of NCHW maps (finest first) described by
+``in_channels`` and ``in_strides`` and returns class logits at ``head.output_stride``; layouts and defaults follow
+mmsegmentation's heads.
 
-- ``upernet`` (``UPerHead``, Xiao et al. 2018): pyramid pooling (scales 1, 2, 3, 6) on the coarsest map, an FPN
-  over all maps, every level upsampled to the finest and fused; 512 channels.
-- ``fpn`` (semantic FPN, Kirillov et al. 2019: mmseg's ``FPN`` neck, 256 channels, + ``FPNHead``, 128 channels):
-  each level goes through 3x3 conv + 2x upsampling steps down to the finest stride and the levels are summed.
-- ``segformer`` (SegFormer's all-MLP head, mmseg's ``SegformerHead``): a 1x1 projection per level, upsampled to
-  the finest, concatenated and fused by a 1x1 conv; 256 channels (B0, B1) or 768 (larger models).
-- ``dpt`` (DPT, Ranftl et al. 2021, mmseg's ``DPTHead``): for plain / isotropic backbones (ViT, LookupViT) whose
-  maps all share one stride; four token maps are reassembled to strides 4, 8, 16, 32 (transposed convs / a strided
-  conv), then fused coarse to fine by residual conv units, each fusion upsampling 2x.
-- ``FCNHead``: the auxiliary head (mmseg's ``FCNHead``: one 3x3 conv, 256 channels) on the stride-16 map.
-
-Every head ends like mmseg's decode heads: ``Dropout2d(0.1)`` and a 1x1 ``conv_seg`` to ``num_classes``.
+Design notes: docs/segmentation.md.
 """
 import math
 from typing import Dict, List, Sequence

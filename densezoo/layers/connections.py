@@ -1,51 +1,11 @@
 """Block connections: what each block of a stage receives.
 
-A *stage* is a sequence of blocks B_1..B_L that keep the feature shape, with stage input x_0. Each block keeps its
-own internal residual paths (as in timm): the plain network is x_i = B_i(x_{i-1}). A connection replaces that chain:
+A connection replaces the plain chain x_i = B_i(x_{i-1}) of a stage's blocks: ``residual``, ``dwa`` (DenseFormer),
+``mudd`` (MUDDFormer), ``rir`` (residual-in-residual), ``dense`` (DenseNet-style), ``laurel`` (LAuReL), ``rezero``
+(ReZero) and ``value_residual`` (ResFormer). Entry points: ``create_connection``, ``connection_options`` and the
+``StageConnection`` subclasses, each called as ``connection(x, runner, depth=None, taps=None)``.
 
-===================  ======================================================================================
-``residual``         the plain chain.
-``dwa``              DenseFormer's depth-weighted average: after block i its raw output X_i is stored and the
-                     next block receives sum_j alpha_ij X_j, over the stored X_j with j = i (mod dilation),
-                     averaged only after every ``period``-th block. Starts as ``residual`` (alpha_ii = 1).
-``mudd``             MUDDFormer's multiway dynamic dense connection: per-position weights generated from X_i
-                     (RMSNorm without scale -> Linear -> GELU -> Linear, plus a static bias) mix X_0..X_i into C
-                     streams (query, key, value, residual for attention blocks that take separate inputs,
-                     one stream otherwise). Starts as ``residual`` (generator output 0, bias 1 on X_i).
-``rir``              residual-in-residual: blocks in groups of g; each group ends with a projection P and a
-                     group skip y = x + s * P(G(x)), where G(x) is the group's residual branch (the blocks'
-                     output minus the group input); optional long skip over the whole stage. P starts as I / s,
-                     so the stage starts as ``residual``.
-``dense``            DenseNet-style concatenation: x_0 and every block output, the latter reduced to ``growth``
-                     channels, are concatenated and fused by a 1x1 projection into the stream that the next
-                     block receives (the last fusion is the local feature fusion, added to the stage output).
-                     The fusions start at zero, so the stage starts as ``residual``.
-``laurel``           LAuReL: x_i = alpha f(x_{i-1}) + beta x_{i-1} + B A x_{i-1} with f the block's residual
-                     branch and a low-rank A, B; starts as ``residual`` (alpha = beta = 1, B = 0).
-``rezero``           ReZero: x_i = x_{i-1} + alpha_i f(x_{i-1}), alpha_i = 0 at initialisation (the paper's).
-``value_residual``   ResFormer: every attention block after the first adds the first block's attention values
-                     to its own, V_i <- lambda_1 V_i + lambda_2 V_1.
-===================  ======================================================================================
-
-Connections drive the blocks through a *runner* (the stage): ``runner.run_block(i, x)`` runs block i on x, and
-families that support more give ``runner.run_block_streams(i, q, k, v, r)`` (separate attention inputs) and
-``runner.run_block_values(i, x, first_values, weights)`` (value residual). The runner owns gradient
-checkpointing, so every connection keeps it working.
-
-Every connection is called as ``connection(x, runner, depth=None, taps=None)``. The *state after block i* is what
-the connection passes on to block i + 1 as its (residual) input: the plain output for ``residual``, the average
-for ``dwa``, the group skip's result at the end of a ``rir`` group, the residual stream for a four-stream
-``mudd``; after the last block it is the stage output. ``depth`` runs only blocks 0..depth-1 and returns the state
-after block depth-1; ``taps`` (a dict whose keys are block indices) receives the state after each of those blocks.
-``connection.truncated(depth)`` is the connection of the first ``depth`` blocks alone, sharing the kept parameters:
-its output equals ``connection(x, runner, depth=depth)``, which is what pruning an isotropic model needs.
-
-Past block outputs are held by reference, each exactly once: nothing is concatenated or stacked, the weighted sums
-accumulate in place with one fused multiply-add per term and the dense fusion accumulates one matrix product per
-stored feature. Connection parameters are plain ``nn.Parameter``s on modules that are not ``nn.Linear`` or
-``nn.Conv2d``, and every module restores its initial (identity) values in ``reset_parameters()``, so timm's
-``init_weights()`` and user re-initialisation with ``model.apply(...)`` keep the connected network equal to the
-plain one at initialisation.
+Design notes: docs/connections.md.
 """
 import copy
 import inspect

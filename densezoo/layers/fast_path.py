@@ -1,18 +1,10 @@
 """One switch for densezoo's fast paths, as timm has ``TIMM_FUSED_ATTN`` for its fused attention.
 
-The fast paths are oneDNN's fused linear (+ GELU) on prepacked weights in float32 CPU inference, shifted-window
-attention by regions and kept position biases in inference, the window attention that runs PyTorch's fused CPU
-kernel forward with a hand-written backward, and the MLP whose backward recomputes GELU. Each has a reference path
-in plain PyTorch (``F.linear``, ``F.gelu``, ``F.scaled_dot_product_attention`` with the mask, and autograd) with
-the same outputs and gradients, and the tests compare the two.
+``DENSEZOO_FAST_PATH=0`` in the environment (read at import) or ``densezoo.set_fast_path(False)`` runs every model on
+the reference path in plain PyTorch; ``densezoo.use_fast_path()`` says which is on, and ``fast_path(enable)`` sets it
+inside a ``with`` block.
 
-- ``DENSEZOO_FAST_PATH=0`` in the environment (read at import) or ``densezoo.set_fast_path(False)`` runs every
-  model on the reference path; ``densezoo.use_fast_path()`` says which is on.
-- Under ``torch.compile``, ``torch.export``, TorchScript and FX or JIT tracing the reference path is always taken:
-  the compilers see plain operators, which they optimise and serialise themselves.
-- The private PyTorch operators are used only where a one-time probe on a small input ran them and got the
-  reference result (``onednn_linear()``, ``onednn_weight_packing()``, ``flash_attention_cpu()``); on any other
-  PyTorch they are skipped.
+Design notes: docs/sr-models.md.
 """
 import contextlib
 import functools

@@ -1,24 +1,10 @@
 """Shifted-window self-attention for image restoration transformers (SwinIR, DRCT, HAT).
 
-The layers keep the official modules' parameter names (``attn.qkv``, ``attn.relative_position_bias_table``,
-``attn.proj``, ``norm1``, ``mlp.fc1``, ...), so official checkpoints load unchanged, and differ in how they compute:
-
-- attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias and the shifted-window
-  mask passed as one additive ``attn_mask``, on windows kept as a batch dimension; queries, keys and values are
-  strided views of the qkv projection (no head-split copies);
-- the cyclic shift and the window partition are one gather of the tokens (and the reverse shift and the merge one
-  more), instead of a copy for the roll and another for the partition; the gather puts the windows that need the
-  shifted-window mask last, so only those attend with a per-window mask and the others share the position bias;
-- in inference on the fast path those masked windows attend region by region without a mask (rectangles of the
-  shifted grid, ``WindowLayout.regions``), which skips the masked scores;
-- blocks may take their tokens in window order (``to_window_order``) where the layers between them act on each
-  token alone (DRCT's body): the unshifted windows then need no gather at all;
-- the shifted-window mask is built once per (size, window, shift, device) and cached, instead of on every forward;
-- the relative-position index and the masks are not stored in the state dict: they follow from the window size and
-  the input size, so one set of weights runs at any input size. Official checkpoints that store them (``attn_mask``,
-  ``relative_position_index``) load through the model's checkpoint filter, which checks and drops them.
+The layers (``WindowAttention``, ``window_attention``, ``window_layout``, ``shifted_window_mask``, ...) keep the
+official modules' parameter names, so official checkpoints load unchanged, and differ in how they compute.
 
 Paper: SwinIR (https://arxiv.org/abs/2108.10257), after Swin Transformer (https://arxiv.org/abs/2103.14030).
+Design notes: docs/sr-models.md.
 """
 import functools
 from typing import Callable, Dict, NamedTuple, Optional, Tuple

@@ -1,16 +1,9 @@
 """Super-resolution metrics as the SR literature reports them (SwinIR, HAT, DRCT, RCAN, RDN; BasicSR's scripts).
 
-* Both images are clamped to [0, 1] and quantised to 8-bit values, ``round(x * 255)``, before scoring.
-* ``y_channel``: the Y channel of MATLAB's ``rgb2ycbcr`` (ITU-R BT.601, studio range 16..235),
-  ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` for R, G, B in [0, 1]; not rounded (as BasicSR; MATLAB's
-  ``rgb2ycbcr`` of a uint8 image would round Y to an integer).
-* ``crop_border`` pixels are cut from every side first (the SR protocol uses the scale factor).
-* PSNR: ``10 log10(255^2 / MSE)`` over all remaining pixels and channels (inf for identical images).
-* SSIM: Wang et al. (2004) on 0..255 data with an 11x11 Gaussian window (sigma 1.5), C1 = (0.01 * 255)^2,
-  C2 = (0.03 * 255)^2, 'valid' filtering (no padding), averaged over the map and then over the channels.
+``psnr`` and ``ssim`` score images quantised to 8-bit values, optionally on MATLAB's Y channel (``rgb_to_y``) and
+with ``crop_border`` pixels cut from every side, in float64; a batch gives one value per image.
 
-Everything is computed in float64. Images are torch tensors (C, H, W) or (B, C, H, W) with values in [0, 1]
-(numpy (H, W, C) / (H, W) arrays, float in [0, 1] or uint8, are accepted too); a batch gives one value per image.
+Protocol details: docs/data.md.
 """
 import math
 from typing import Union

@@ -1,14 +1,10 @@
 """``DenseZooBackbone``: any densezoo / timm model with a feature pyramid as an mmsegmentation / mmdetection backbone.
 
-The type is registered once in mmengine's root ``MODELS`` registry; mmseg's and mmdet's ``MODELS`` are its
-children, so both find it by name::
+Registered in mmengine's root ``MODELS`` registry, so mmseg and mmdet configs find it by name
+(``backbone=dict(type='DenseZooBackbone', model_name=..., out_indices=(0, 1, 2, 3))``); the forward returns a
+tuple of NCHW maps, one per entry of ``out_indices``.
 
-    backbone=dict(type='DenseZooBackbone', model_name='swin_tiny_patch4_window7_224_dwa', out_indices=(0, 1, 2, 3),
-                  strict_img_size=False,
-                  init_cfg=dict(type='Pretrained', checkpoint='swin_tiny.safetensors'))
-
-Keyword arguments other than the ones below go to ``timm.create_model``. The forward returns a tuple of NCHW maps,
-one per entry of ``out_indices`` (timm's ``features_only`` with the ``getter`` feature class).
+Details and a config example: docs/segmentation.md.
 """
 import os
 from typing import List, Optional, Sequence, Tuple

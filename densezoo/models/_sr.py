@@ -1,14 +1,9 @@
 """Pieces shared by the super-resolution families: input handling, the SwinIR-style skeleton, checkpoints.
 
-Every SR model maps a low-quality image batch (B, C, H, W) in [0, 1] to the restored batch
-(B, C, H·upscale, W·upscale). Inputs of any size work: the model reflect-pads the bottom and right edges to a
-multiple of its window (``pad_multiple``) and crops the output back, as SwinIR's official forward does. (The
-official DRCT and HAT forwards leave this padding to their training framework; here every model does it.)
+Entry points: ``SRModel`` (images in [0, 1], any input size), ``WindowSRTransformer`` (the skeleton SwinIR, DRCT
+and HAT share), ``checkpoint_filter_fn`` (official BasicSR / KAIR checkpoints) and the registration helpers.
 
-Official checkpoints load through ``checkpoint_filter_fn``: it unwraps BasicSR / KAIR files (``params`` or
-``params_ema``, ``module.`` prefixes), checks and drops the derived buffers the official models store
-(``attn_mask``, ``relative_position_index``, HAT's top-level indices), and names the first key or shape that does not
-fit the model in a one-line error.
+Design notes: docs/sr-models.md.
 """
 import contextlib
 import logging
@@ -21,7 +16,7 @@ from torch import nn
 
 from timm.models import build_model_with_cfg, checkpoint, register_model, resolve_pretrained_cfg
 
-from densezoo.heads.upsample import SRReconstruction
+from densezoo.layers.upsample import SRReconstruction
 from densezoo.layers.window_attention import from_window_order, shifted_window_mask, to_window_order
 from densezoo.models.connect import ConnectedStage, StageFamily, connect, register_family
 

@@ -1,18 +1,11 @@
 """Rewire the stages of a timm model with a block connection, in place.
 
 ``connect(model, 'dwa', dilation=2)`` keeps every block, every parameter name and every other method of the model,
-and replaces only what each stage does with its blocks: the stage runs them through a connection module from
-``densezoo.layers.connections``, stored as ``<stage>.connection``. A plain checkpoint of the model therefore still
-loads: connection parameters it lacks are set to their initial values (identity for ``dwa``, ``mudd``, ``rir``,
-``dense`` and ``laurel``) and reported in a log warning, not raised as missing keys.
+and makes each stage run its blocks through a connection module from ``densezoo.layers.connections``, stored as
+``<stage>.connection``. Families register with ``register_family`` (``ConnectedStage``) or
+``register_isotropic_family`` (``ConnectedIsotropic``).
 
-Model families describe their stages to this module with ``register_family``; a family file (``swin.py``, ...)
-defines, for each timm stage class, a subclass that mixes in ``ConnectedStage``.
-
-Isotropic models (ViT, LookupViT: one list of blocks that keep the token shape) are one stage: the connection spans
-the whole body, is stored as ``model.connection`` and the model itself is the runner. Such a family mixes
-``ConnectedIsotropic`` into its model class and registers it with ``register_isotropic_family``; see
-``ConnectedIsotropic`` for the contract.
+Design notes: docs/connections.md.
 """
 import copy
 import logging

@@ -1,20 +1,10 @@
 """DRCT: Dense-residual-connected Transformer for super-resolution (dense connections inside each group).
 
-Each residual dense group (RDG) runs five Swin layers; layer k reads the concatenation of the group input and the
-growth features of layers 1..k−1 (width embed + (k−1)·gc), a 1×1 "adjust" conv makes its growth features (gc
-channels; the last one maps back to embed), and the group returns 0.2·x5 + x. The official quirks are kept, so
-official checkpoints and outputs match: five layers per group whatever ``depths`` says, per-layer head counts
-``num_heads − (width mod num_heads)``, MLP ratio 1 in layers 4 and 5, one drop-path rate per group, and
-``compress_ratio`` / ``squeeze_factor`` / ``conv_scale`` / ``overlap_ratio`` accepted and unused.
-
-At inference the concatenation lives in one buffer per group, written once per layer, instead of a new
-``torch.cat`` of all previous features before every layer (training keeps separate tensors, which autograd needs).
-Everything in the body but the attention acts on each token alone, so the body keeps its tokens window by window
-(``to_window_order``): the unshifted layers attend without moving a token, the shifted ones gather from that order.
-Like every densezoo SR model, DRCT pads inputs to a multiple of the window (reflect, bottom/right) and crops the
-output back; the official forward leaves this to its training framework.
+``DRCT`` runs residual dense groups (``RDG``) of five Swin layers, each layer reading the concatenation of the group
+input and the growth features of the layers before it; official checkpoints and outputs match.
 
 Paper: https://arxiv.org/abs/2404.00722 — official code: https://github.com/ming053l/DRCT
+Design notes: docs/sr-models.md.
 """
 from typing import Tuple
 

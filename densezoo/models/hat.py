@@ -1,33 +1,12 @@
 """HAT: Hybrid Attention Transformer for image super-resolution.
 
-HAT keeps SwinIR's skeleton (shallow conv, residual groups on tokens, conv after the body, reconstruction) and
-changes what a residual group holds. Each group (RHAG) runs hybrid attention blocks (HAB: shifted-window
-self-attention with a channel-attention conv branch, ``conv_scale · CAB``, beside it), then one overlapping
-cross-attention block (OCAB: queries from ws×ws windows, keys and values from larger overlapping windows of side
-``ws + int(overlap_ratio · ws)``), then a conv, then the group residual.
-
-``HAT`` takes the official constructor arguments with their official names and defaults, has the official
-parameter names and counts, and reproduces the official outputs. Differences in how it computes:
-
-- both attentions run through ``F.scaled_dot_product_attention`` (``densezoo.layers.window_attention``) with the relative-position bias (and the
-  shifted-window mask) as one additive ``attn_mask``; shifted-window masks are cached per input size instead of
-  being rebuilt on every forward;
-- the relative-position indices are derived, not stored: the official state dict holds them at the top level
-  (``relative_position_index_SA`` (ws², ws²) and ``relative_position_index_OCA`` (ws², ows²)); here they are
-  non-persistent buffers with the same values, and ``densezoo.models._sr.checkpoint_filter_fn`` drops them from
-  official files;
-- like every densezoo SR model, inputs of any size work (reflect padding to a multiple of the window, bottom and
-  right, and a crop of the output), which the official forward leaves to its training framework;
-- only ``upsampler='pixelshuffle'`` reconstructs in the official model (any other value returns the input
-  unchanged); here other values raise a ``ValueError``. ``resi_connection`` is '1conv' or 'identity'.
-
-Registered: ``hat_s_x2/x3/x4`` (HAT-S), ``hat_x2/x3/x4`` (HAT), ``hat_l_x2/x3/x4`` (HAT-L), each also with ``dwa`` /
-``mudd`` connections across its residual groups (``hat_x4_dwa``, ...). The official weights are on Google Drive
-without stable direct links; download the release file and load it with
-``timm.create_model('hat_x4', pretrained=True, pretrained_cfg_overlay=dict(file='HAT_SRx4.pth'))``.
+``HAT`` keeps SwinIR's skeleton; its residual groups (``RHAG``) run hybrid attention blocks (``HAB``) and an
+overlapping cross-attention block (``OCAB``). It has the official constructor arguments, parameter names and outputs.
+Registered: ``hat_s_x{2,3,4}``, ``hat_x{2,3,4}``, ``hat_l_x{2,3,4}``, each also with ``dwa`` / ``mudd`` connections.
 
 Papers: https://arxiv.org/abs/2205.04437, https://arxiv.org/abs/2309.05239 — official code:
 https://github.com/XPixelGroup/HAT
+Design notes and how to load the official weights: docs/sr-models.md.
 """
 from typing import Tuple
 

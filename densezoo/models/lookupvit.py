@@ -2,58 +2,10 @@
 
 Paper: "LookupViT: Compressing visual information to a limited number of tokens", Koner, Jain, Jain, Tresp, Paul,
 ECCV 2024 (https://arxiv.org/abs/2407.12753). No official code exists; this implementation follows the paper's
-description. Choices the paper leaves open (or that we could not confirm from it) are constructor arguments, and
-their defaults are listed below.
+description. Entry points: ``LookupViT``, ``LookupViTBlock``, ``ConnectedLookupViT`` and the registered
+``lookupvit_{tiny,small,base}_patch16_224`` models and their variants (no pretrained weights exist).
 
-Registered (no pretrained weights exist): ``lookupvit_{tiny,small,base}_patch16_224`` (ViT-Ti/S/B widths, 12
-blocks, patch 16 at 224, 5x5 compressed grid), ``lookupvit_base_patch16_224_c{3,7,10}`` (3x3, 7x7, 10x10 grids) and
-the connected ``lookupvit_{tiny,small,base}_patch16_224_{dwa,mudd}``.
-
-Tokens. The image is cut into patches by timm's ``PatchEmbed``; with a learned absolute position embedding these are
-the N *lookup tokens* (14x14 for B/16 at 224). The M *compressed tokens* are made once, at the input, by resizing the
-position-embedded lookup-token map to the compressed grid (e.g. 5x5). They have no parameters of their own, so the
-same weights run with any compressed grid: ``model.set_compressed_grid(7)`` (or ``compressed_grid=7`` when building)
-trades compute for accuracy at inference, as in the paper's multi-resolution models (train them by calling
-``set_compressed_grid`` with a grid drawn per step, the same on every process).
-
-Block (``LookupViTBlock``), pre-norm, every branch residual with stochastic depth:
-
-1. information gathering: the compressed tokens z attend to the lookup tokens x (queries from LN(z), keys and
-   values from LN(x)), through the first direction of the multi-head bidirectional cross-attention;
-2. representation refinement: a standard ViT block on z alone (timm's ``Block``: self-attention and an MLP of
-   ratio ``mlp_ratio`` = 4);
-3. global context infusion: x attends to the refined z by *reusing* the gathering attention of step 1 in the
-   reverse direction (no new query-key product against the lookup tokens), with its own value and output
-   projections on LN(z);
-4. a cheap MLP of ratio ``lookup_mlp_ratio`` on x.
-
-Choices and defaults (the paper's exact values could not be confirmed):
-
-* ``reverse_attention='logits'``: the reverse direction takes the gathering logits S = q k^T / sqrt(d) (M x N per
-  head), transposes them and normalises over the M compressed tokens: softmax_M(S^T). Every lookup token then takes
-  a convex combination of compressed values whatever M is (equivalently, scaled dot-product attention with the
-  roles of q and k swapped, which lets both directions use fused kernels). ``'weights'`` instead transposes the
-  gathering *weights* softmax_N(S) and renormalises them to sum to one over the compressed tokens.
-* ``lookup_mlp_ratio=0.5``: the lookup MLP is D -> D/2 -> D; it dominates the cost on the lookup tokens, and at 0.5
-  LookupViT-B/16 with a 5x5 grid needs under half the multiply-adds of ViT-B/16 (the paper's 2x reduction).
-* ``compress_resize='bilinear_aa'``: antialiased bilinear resize (reads every lookup token, as a JAX image resize
-  does); also ``'bilinear'`` (plain) and ``'avgpool'`` (adaptive average pooling).
-* No class token and no position embedding of the compressed tokens (they inherit positions through the resize).
-* ``global_pool='avg'``: the head averages the lookup tokens after the final norm, so every parameter takes part in
-  the loss; ``'avg_compressed'`` averages the compressed tokens, ``'avg_both'`` adds both averages.
-* One final LayerNorm on both token sets; heads of the cross-attention = heads of the self-attention (D / 64 for
-  the registered sizes); qkv biases, no dropout inside the blocks, timm ViT initialisation.
-
-Features. ``forward_features`` returns the normalised tokens (B, M + N, D), compressed tokens first, as a ViT returns
-its prefix tokens first. ``forward_intermediates`` / ``features_only`` give the lookup tokens of each block as a
-(B, D, H/16, W/16) map (the compressed tokens on request), for dense prediction heads.
-
-Connections. The state between blocks is the single token tensor [z; x] of shape (B, M + N, D), so the connection
-library runs across the blocks unchanged (layout 'NLC'), starting as the plain model:
-``lookupvit_base_patch16_224_dwa`` (DenseFormer) and ``lookupvit_base_patch16_224_mudd`` (MUDDFormer). MUDD mixes
-one stream: the LookupViT block has no single query/key/value input triple (its cross-attention takes queries from
-z and keys/values from x, its self-attention queries, keys and values from z, and its infusion values from the
-refined z), so the four MUDD streams have no clean place to go.
+Design notes, defaults and the registered variants: docs/lookupvit.md.
 """
 import math
 from typing import Dict, List, Optional, Set, Tuple, Union

@@ -1,25 +1,12 @@
 """Pyramid Vision Transformer: PVT v1 and PVT v2 with block connections.
 
 PVT v2 (``pvt_v2_b0`` ... ``pvt_v2_b5``, ``pvt_v2_b2_li``) is timm's ``PyramidVisionTransformerV2`` with every stage
-rewired by ``densezoo.connect``: same modules and parameter names, so timm and official PVT v2 checkpoints load,
-plus a ``stages.<i>.connection`` module per stage that starts as the plain network. Registered names are timm's
-base name plus the connection (``pvt_v2_b2_dwa``, ``pvt_v2_b2_li_mudd``, ...).
-
-PVT v1 (``pvt_tiny``, ``pvt_small``, ``pvt_medium``, ``pvt_large``; not in timm) follows the official
-classification model: non-overlapping patch embeddings (patch 4, then 2, 2, 2), a learned position embedding per
-stage (resized bilinearly for other input sizes, as the official code does), a class token in the last stage read
-by the classifier, spatial-reduction attention (timm's PVT v2 ``Attention``, which has the official modules) and a
-plain MLP. It is laid out like timm's PVT v2 (``patch_embed``, ``stages.<i>.downsample / blocks``, ``norm``,
-``head``); ``checkpoint_filter_fn`` maps the official checkpoints onto that layout. Connected variants are named
-``pvt_tiny_dwa`` and so on.
-
-PVT's attention takes its queries from the tokens and its keys and values from a spatially reduced copy of them,
-so ``mudd`` mixes four streams (query, key, value, residual; ``block_streams``). ``rir`` groups
-gcd(depths) blocks (2 for the [2, 2, 2, 2] models, 1 otherwise), the largest group size that divides every stage,
-and adds a skip over each stage.
+rewired by ``densezoo.connect``; PVT v1 (``pvt_tiny`` ... ``pvt_large``, not in timm) is ``PyramidVisionTransformer``.
+Connected variants add the connection to the name (``pvt_v2_b2_dwa``, ``pvt_tiny_dwa``, ...).
 
 Papers: PVT (https://arxiv.org/abs/2102.12122), PVT v2 (https://arxiv.org/abs/2106.13797).
 Official code and weights: https://github.com/whai362/PVT (Apache 2.0).
+Design notes: docs/backbones.md.
 """
 import math
 import re

@@ -1,20 +1,11 @@
 """RCAN: very deep residual channel attention networks for image super-resolution (residual-in-residual).
 
-``RCAN`` follows BasicSR's port (``basicsr/archs/rcan_arch.py``): the same constructor arguments with the same names
-and defaults (``num_in_ch``, ``num_out_ch``, ``num_feat``, ``num_group``, ``num_block``, ``squeeze_factor``,
-``upscale``, ``res_scale``, ``img_range``, ``rgb_mean``), the same parameter names and counts, and the same outputs.
-The network: a 3×3 conv, ``num_group`` residual groups of ``num_block`` residual channel attention blocks (RCAB:
-conv, ReLU, conv, channel attention; the block's residual scaled by ``res_scale``), each group closed by a conv and
-a group skip, a conv after the body with a long skip, and the pixel-shuffle upsampler.
-
-Checkpoints load in both layouts through ``checkpoint_filter_fn``: BasicSR's (``params`` / ``params_ema``,
-``module.`` prefixes) and the RCAN authors' original EDSR-PyTorch layout (``head`` / ``body`` / ``tail`` and the
-``sub_mean`` / ``add_mean`` mean-shift convs, which this model applies as fixed arithmetic instead).
-
-Registered: ``rcan_x2``, ``rcan_x3``, ``rcan_x4`` with the paper's configuration (10 groups of 20 RCABs, 64
-features, squeeze factor 16).
+``RCAN`` follows BasicSR's port (``basicsr/archs/rcan_arch.py``): the same constructor arguments, parameter names,
+counts and outputs; ``checkpoint_filter_fn`` also loads the authors' original EDSR-PyTorch layout. Registered:
+``rcan_x2``, ``rcan_x3``, ``rcan_x4`` (10 groups of 20 RCABs, 64 features, squeeze factor 16).
 
 Paper: https://arxiv.org/abs/1807.02758 — official code: https://github.com/yulunzhang/RCAN
+Design notes: docs/sr-models.md.
 """
 import logging
 import re
@@ -25,7 +16,7 @@ from torch import nn
 
 from timm.models import checkpoint, generate_default_cfgs, register_model
 
-from densezoo.heads.upsample import PixelShuffleUpsample
+from densezoo.layers.upsample import PixelShuffleUpsample
 from densezoo.layers.channel_attention import ChannelAttention
 from densezoo.models._sr import RGB_MEAN, SRModel, create_sr_model, sr_cfg, unwrap_checkpoint
 from densezoo.models._sr import checkpoint_filter_fn as sr_checkpoint_filter_fn

@@ -1,24 +1,12 @@
 """RDN: residual dense network for image super-resolution (dense connections inside residual blocks).
 
-``RDN`` is the EDSR-PyTorch port of the network (``src/model/rdn.py``), with its parameter names (``SFENet1``,
-``SFENet2``, ``RDBs.d.convs.c.conv.0``, ``RDBs.d.LFF``, ``GFF.{0,1}``, ``UPNet.{0,2,4}``) and counts:
-
-- shallow features: f_1 = SFENet1(x) (3×3), then SFENet2 (3×3);
-- D residual dense blocks; in each, C layers conv → ReLU whose G output channels are concatenated to their input
-  (G0 + c·G channels in, growth G), then a 1×1 local feature fusion back to G0 and the block's own residual;
-- global feature fusion over the concatenated outputs of all D blocks (1×1 from D·G0 to G0, then 3×3), plus f_1;
-- the upsampler: conv to G·r² and PixelShuffle(r) for ×2 / ×3, two conv + PixelShuffle(2) stages for ×4, then a conv
-  to the image channels.
-
-EDSR-PyTorch's RDN has no mean shift and works on images in [0, rgb_range] (255 by default). densezoo's models take
-images in [0, 1]; ``RDN`` therefore has ``img_range=255`` and a zero mean, so that for the same weights its output is
-exactly EDSR-PyTorch's output for 255·x, divided by 255: ``RDN(...)(x) == rdn_edsr(255 * x) / 255``.
-
-Registered: ``rdn_x2``, ``rdn_x3``, ``rdn_x4`` with the paper's configuration (EDSR-PyTorch's ``RDNconfig='B'``:
-16 blocks of 8 layers, growth 64, 64 features).
+``RDN`` is the EDSR-PyTorch port of the network (``src/model/rdn.py``), with its parameter names and counts, on
+images in [0, 1]: ``RDN(...)(x) == rdn_edsr(255 * x) / 255``. Registered: ``rdn_x2``, ``rdn_x3``, ``rdn_x4`` (the
+paper's configuration, EDSR-PyTorch's ``RDNconfig='B'``).
 
 Paper: https://arxiv.org/abs/1802.08797 — authors' code (Torch7): https://github.com/yulunzhang/RDN — PyTorch port:
 https://github.com/sanghyun-son/EDSR-PyTorch
+Design notes: docs/sr-models.md.
 """
 from typing import Optional, Sequence, Union
 
@@ -27,7 +15,7 @@ from torch import nn
 
 from timm.models import checkpoint, generate_default_cfgs
 
-from densezoo.heads.upsample import DenseUpsample
+from densezoo.layers.upsample import DenseUpsample
 from densezoo.models._sr import SRModel, register_sr_models, sr_cfg
 
 __all__ = ['RDN', 'RDB', 'RDBConv', 'RDN_CONFIGS']

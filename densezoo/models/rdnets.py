@@ -1,44 +1,12 @@
 """RDNet ("DenseNets Reloaded") with block connections: ``dwa`` and ``rir`` inside each dense stage.
 
-The models are timm's ``RDNet``: same modules, same parameter names, same API (``features_only`` with the default
-and the getter wrapper, ``forward_intermediates``, ``prune_intermediate_layers``, gradient checkpointing, ...), with
-a ``connection`` module in every dense stage (``dense_stages.<s>.<k>.connection``). A plain timm or official RDNet
-checkpoint loads into them and the connection then starts as the plain network.
-
-An RDNet dense stage of L blocks with input x_0 (w channels) is already dense: block i reads the concatenation of
-x_0 and everything the earlier blocks of the stage added, and adds its growth g_i (G channels, after layer scale);
-the stage outputs [x_0, g_1, ..., g_L]. The connections are defined on that structure:
-
-``dwa``: DenseFormer's depth-weighted average over the growth outputs, the features the blocks produce. The first
-block adds h_1 = g_1; every later block i reads [x_0, h_1, ..., h_{i-1}], produces g_i, and adds
-h_i = sum_j alpha_ij g_j over the stored raw growths g_1..g_i (with the library's dilation and period). The stage
-outputs [x_0, h_1, ..., h_L]. This is ``DepthWeightedAverage`` of ``densezoo.layers.connections`` run over the
-blocks 2..L with the growths as its stream (X_0 = g_1, X_j = g_{j+1}); the stage is its runner and keeps the
-concatenation. The stage input takes no part in the averages (its width differs and every block reads it anyway),
-and the first block gets no average (of g_1 alone it would only rescale g_1, as layer scale does). Averaging the
-concatenated feature maps instead, aligned by channel position, would only rescale each block's channel slice (the
-concatenations are nested), a scale that the depthwise convolution of each reading block absorbs. An average of
-growths puts features of different depths into one channel before a depthwise convolution, which a plain RDNet
-cannot do. alpha starts at 1 on the newest growth and 0 elsewhere, so h_i = g_i: the plain RDNet.
-
-``rir``: residual in residual. Viewed on the zero-padded stream of its stage, a dense block is a residual block: it
-adds its growth into channels that are zero so far. ``rir`` groups the blocks of a dense stage into groups of
-``group_size`` (by default the whole stage is one group). A group that reads features F (c channels) and produces
-new features N = [g_i, ..., g_{i+group_size-1}] ends with a projection P (a 1x1 or 3x3 convolution from the N
-channels to c + |N| channels) and the group skip: its output is [F, 0] + s * P(N), s = ``residual_scale``. This is
-the library's ``ResidualInResidual`` formula, x + s * P(blocks(x) - x) with blocks(x) - x = [0, N], in the
-zero-padded view, with P's input restricted to the channels that the group writes (the others would only ever see
-zeros). It lets a group rewrite the features it read, which plain dense blocks never do. P starts as [0; I / s], so
-the output starts as [F, N]: the plain RDNet. There is no long skip: by default the group is the whole (three-block)
-dense stage, whose skip a long skip would repeat.
-
-Gradient checkpointing is timm's RDNet's (per dense stage; the connection is recomputed with its stage). Stages
-with a single block cannot take ``dwa``. Registered names are timm's base name plus the connection:
-``rdnet_tiny_dwa``, ``rdnet_tiny_rir``, ..., ``rdnet_large_rir``; ``ConnectedRDNet(connection='residual')`` is
-exactly timm's RDNet.
+``ConnectedRDNet`` is timm's ``RDNet`` (same modules, parameter names and API) with a ``connection`` module in every
+dense stage; a plain timm or official RDNet checkpoint loads and the connection then starts as the plain network.
+Registered: ``rdnet_tiny_dwa``, ``rdnet_tiny_rir``, ..., ``rdnet_large_rir``.
 
 Paper: DenseNets Reloaded: Paradigm Shift Beyond ResNets and ViTs (https://arxiv.org/abs/2403.19588); official
 code: https://github.com/naver-ai/rdnet. DenseFormer: https://arxiv.org/abs/2402.02622.
+Design notes: docs/backbones.md.
 """
 import functools
 import math

@@ -1,15 +1,11 @@
 """Swin Transformer and Swin Transformer V2 with block connections.
 
-The models are timm's ``SwinTransformer`` / ``SwinTransformerV2`` with every stage rewired by
-``densezoo.connect``: same modules, same parameter names and the same API (``features_only``,
-``forward_intermediates``, ``set_input_size``, ...), plus a ``<stage>.connection`` module per stage. A plain timm or
-official Swin checkpoint loads into them; the connection then starts as the plain network (for ``dwa``, ``mudd``,
-``rir`` and ``dense``).
-
-Registered names are timm's base name plus the connection, e.g. ``swin_tiny_patch4_window7_224_dwa`` or
-``swinv2_small_window16_256_mudd``. Swin's window attention takes a single input, so ``mudd`` mixes one stream.
+``ConnectedSwinTransformer`` / ``ConnectedSwinTransformerV2`` are timm's ``SwinTransformer`` / ``SwinTransformerV2``
+with every stage rewired by ``densezoo.connect``; registered names are timm's base name plus the connection, e.g.
+``swin_tiny_patch4_window7_224_dwa`` or ``swinv2_small_window16_256_mudd``.
 
 Papers: Swin Transformer (https://arxiv.org/abs/2103.14030), Swin Transformer V2 (https://arxiv.org/abs/2111.09883).
+Design notes: docs/backbones.md.
 """
 from typing import Dict, Optional
 

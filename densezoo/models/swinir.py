@@ -1,18 +1,12 @@
 """SwinIR: image restoration with residual groups of Swin Transformer layers (residual-in-residual).
 
-``SwinIR`` takes the official constructor arguments with their official names and meanings (``upscale``,
-``img_size``, ``window_size``, ``img_range``, ``depths``, ``embed_dim``, ``num_heads``, ``mlp_ratio``,
-``upsampler``, ``resi_connection``, ...), has the official parameter names and counts, and reproduces the official
-outputs. It runs window attention through ``F.scaled_dot_product_attention`` and caches its masks; the masks are not
-in its state dict, so ``img_size`` does not tie the weights to one input size (official release files, which store
-them, still load; see ``densezoo.models._sr.checkpoint_filter_fn``).
-
-Registered: classical SR (``swinir_classical_x2/3/4/8``), lightweight SR (``swinir_light_x2/3/4``), real-world SR
-(``swinir_real_x4``, and the large 240-wide ``swinir_real_l_x4``), denoising (``swinir_denoise_gray`` /
-``swinir_denoise_color``), JPEG artifact removal (``swinir_jpeg`` grey, ``swinir_jpeg_color``), and
-``dwa`` / ``mudd`` connections across the residual groups (``swinir_light_x2_dwa``, ...).
+``SwinIR`` takes the official constructor arguments with their official names and meanings, has the official
+parameter names and counts, and reproduces the official outputs. Registered: classical, lightweight and real-world
+SR, denoising and JPEG artifact removal (``swinir_classical_x2``, ``swinir_light_x4``, ...), and ``dwa`` / ``mudd``
+connections across the residual groups.
 
 Paper: https://arxiv.org/abs/2108.10257 — official code: https://github.com/JingyunLiang/SwinIR
+Design notes: docs/sr-models.md.
 """
 from typing import Tuple
 

@@ -1,36 +1,12 @@
 """Vision Transformer (ViT) with block connections.
 
-The models are timm's ``VisionTransformer`` with its block list rewired by ``densezoo.connect``: same modules, same
-parameter names and the same API (``forward_intermediates``, ``features_only``, ``set_input_size``,
-``dynamic_img_size``, ...), plus one ``connection`` module spanning all blocks (a ViT is isotropic: its blocks form
-a single stage, and the model itself runs them). A plain timm checkpoint loads into every variant, and every
-variant then computes exactly the plain ViT.
-
-Registered names are timm's base name plus the connection: ``vit_{tiny,small,base}_patch16_224_<kind>`` and
-``vit_small_patch16_384_<kind>`` for ``dwa``, ``mudd``, ``rir``, ``dense``, ``value_residual`` and ``laurel``, e.g.
-``vit_small_patch16_224_dwa`` or ``vit_base_patch16_224_value_residual``. Their pretrained cfgs point at the timm
-base weights.
-
-``mudd`` mixes MUDDFormer's four streams: the query, key and value inputs of the next block's attention (each
-normalised by the block's ``norm1`` and projected by its slice of timm's fused ``qkv`` weight) and the residual
-stream the attention and MLP outputs are added to. ``rir`` groups the 12 blocks in 3 groups of 4 with a long skip;
-``dense`` concatenates 32-channel reductions of every block output.
-
-``value_residual`` (ResFormer, Zhou et al., arXiv 2410.17897): every block after the first mixes the first block's
-attention values into its own before attending, V_i <- (1 - lambda_i) V_i + lambda_i V_1, with V_1 the value
-projection of the first block's normalised tokens (class and register tokens included; all blocks see the same
-token sequence). This gives later blocks direct access to token-level information that deep attention tends to
-wash out. The paper fixes lambda = 0.5, which changes the pretrained function; here lambda_i is learned per block and
-starts at 0 (``lambda_init=0.``), so the variant starts as the plain ViT and a pretrained ViT fine-tunes from its
-own function. ``connection_args=dict(lambda_init=0.5, learnable=False)`` gives the paper's fixed mixing.
-
-``laurel`` (LAuReL, Menghani et al., ICML 2025): each block's residual connection is augmented,
-x_i = alpha_i f_i(x) + beta_i (x + B_i A_i x) with f_i(x) = block_i(x) - x the whole block's residual branch
-(attention and MLP together), learned scalars alpha_i, beta_i (starting at 1) and a rank-16 map A_i (D -> 16),
-B_i (16 -> D, starting at 0). It lets each block re-weight its skip path against its branch and adds a cheap learned
-linear path around it: 2 + 32 D parameters per block (0.34% of ViT-B), starting as the plain ViT.
+``ConnectedVisionTransformer`` is timm's ``VisionTransformer`` with its block list rewired by ``densezoo.connect``:
+same modules, parameter names and API, plus one ``connection`` module spanning all blocks; a plain timm checkpoint
+loads into every variant. Registered: ``vit_{tiny,small,base}_patch16_224_<kind>`` and
+``vit_small_patch16_384_<kind>`` for ``dwa``, ``mudd``, ``rir``, ``dense``, ``value_residual`` and ``laurel``.
 
 Paper: An Image is Worth 16x16 Words (https://arxiv.org/abs/2010.11929).
+Design notes: docs/backbones.md.
 """
 from typing import Any, Dict, List, Optional, Tuple, Union
 

@@ -1,17 +1,10 @@
 """Multiply-adds (MACs), parameters and activations of a model, from two independent FLOP counters.
 
-fvcore traces the model with ``torch.jit.trace`` and counts the traced graph (its "flops" are multiply-adds);
-``torch.utils.flop_counter.FlopCounterMode`` counts the operators as they run (FLOPs, two per multiply-add). Out of
-the box both miss work that the models here do; importing this module fixes that, so the two counts agree:
+fvcore and ``torch.utils.flop_counter.FlopCounterMode`` both miss work that the models here do (fused attention,
+the in-place ``addmm_``, the connections' weighted sums); importing this module fixes that, so the two counts agree.
+Entry points: ``count``, ``FlopReport``, ``format_table``, ``attention_macs``.
 
-* fvcore has no handle for ``aten::scaled_dot_product_attention`` (timm's fused attention) and some torch versions
-  have no FlopCounterMode formula for its CPU kernel: attention is then dropped without a warning.
-* densezoo's dense fusion accumulates matrix products with the in-place ``addmm_``, which neither counter knows.
-* The weighted sums over stored block outputs (``dwa``, ``mudd``) are elementwise multiply-adds that neither counter
-  sees; they are added exactly from each ``StageConnection``'s ``mixing_macs``.
-
-fvcore also counts normalisation layers, FlopCounterMode only matrix products, convolutions and attention, so
-fvcore's count is usually a few tenths of a percent higher.
+Details: docs/measuring.md.
 """
 import contextlib
 import math

@@ -9,7 +9,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
-from densezoo.engine.distributed import all_reduce_sums
+from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 
 __all__ = ['ClassificationTask']

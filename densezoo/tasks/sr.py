@@ -18,9 +18,9 @@ from torch import nn
 
 from densezoo.datasets import DataError, SRPairedDataset, collate_pairs, imresize, pair_images
 from densezoo.datasets.sr import tensor_to_image
-from densezoo.engine.distributed import all_reduce_sums
+from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
-from densezoo.tasks.sr_metrics import psnr, ssim
+from densezoo.metrics.sr import psnr, ssim
 
 __all__ = ['SRTask', 'CharbonnierLoss', 'build_sr_loss', 'comparison_image']
 

@@ -1,14 +1,10 @@
 """Evaluation of super-resolution models on benchmark folders (what ``tools/eval_sr.py`` runs).
 
-A benchmark folder holds ``HR/*.png`` and optionally ``LR_bicubic/X{scale}/*.png`` (the EDSR / BasicSR layout of
-Set5, Set14, B100, Urban100, Manga109, DIV2K); without the LR folder the inputs are made from HR by MATLAB-compatible
-bicubic downscaling. Scores follow the SR protocol of ``densezoo.tasks.sr_metrics`` (8-bit values, Y channel,
-``scale`` pixels cropped from each border), optionally with the x8 self-ensemble and tiled inference.
+``load_sr_model`` loads a weights file or a densezoo training run, ``benchmark_dataset`` reads a benchmark folder
+(``HR/*.png``, optionally ``LR_bicubic/X{scale}/*.png``), and ``evaluate_benchmark`` scores it with the SR protocol
+of ``densezoo.metrics.sr``.
 
-Weights: a weights file loaded through timm (``pretrained_cfg_overlay=dict(file=...)``, so the model's checkpoint
-filter converts official checkpoints), or a densezoo training run: its folder (the ``best`` checkpoint), a checkpoint
-folder, or a ``model.safetensors`` / ``ema.safetensors`` inside one. A run's ``config.yaml`` supplies the model
-arguments it was trained with; a checkpoint folder's EMA weights are used when it has them (``ema=False``: not).
+Design notes: docs/data.md.
 """
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +22,7 @@ from densezoo.datasets import SRPairedDataset
 from densezoo.datasets.sr import tensor_to_image
 from densezoo.registry import check_model_names
 from densezoo.tasks.sr_inference import self_ensemble, tiled_forward
-from densezoo.tasks.sr_metrics import psnr, ssim
+from densezoo.metrics.sr import psnr, ssim
 
 __all__ = ['EvalError', 'ImageScore', 'BenchmarkScore', 'load_sr_model', 'find_weights', 'benchmark_dataset',
            'evaluate_benchmark', 'sr_forward', 'format_scores', 'scores_to_dict']

@@ -58,3 +58,43 @@ def test_bad_files(tmp_path):
     empty.write_text('')
     with pytest.raises(ConfigError, match='^model.name is missing'):
         load_config(empty)
+
+
+def test_base_files_are_read_first_and_updated_section_by_section(tmp_path):
+    values = tiny_config(tmp_path / 'data', tmp_path / 'runs')
+    del values['name']
+    (tmp_path / 'recipes').mkdir()
+    write_config(tmp_path / 'recipes' / 'base.yaml', values)
+    write_config(tmp_path / 'recipes' / 'lr.yaml', {'optim': {'lr': 1e-4}, 'seed': 3})
+    child = tmp_path / 'recipes' / 'child.yaml'
+    child.write_text('_base_: [base.yaml, lr.yaml]\n'
+                     'seed: 7\n'
+                     'optim: {weight_decay: 0.5}\n'
+                     'model: {kwargs: {_delete_: true, embed_dim: 16}}\n')
+    config = load_config(child, ['data.batch_size=2'])
+    assert config.name == 'child'  # named after the file that was asked for, not its base
+    assert config.seed == 7 and config.optim.lr == 1e-4 and config.optim.weight_decay == 0.5
+    assert config.optim.name == 'adamw' and config.data.img_size == 16 and config.data.batch_size == 2
+    assert config.model.name == values['model']['name'] and config.model.kwargs == {'embed_dim': 16}
+    grandchild = tmp_path / 'grandchild.yaml'
+    grandchild.write_text('_base_: recipes/child.yaml\nepochs: 1\n')
+    config = load_config(grandchild)
+    assert config.epochs == 1 and config.seed == 7 and config.name == 'grandchild'
+
+
+def test_bad_base_files_are_one_line_errors(tmp_path):
+    missing = tmp_path / 'missing_base.yaml'
+    missing.write_text('_base_: nowhere.yaml\n')
+    with pytest.raises(ConfigError, match=r"^_base_ file 'nowhere.yaml' of config file '.*missing_base.yaml' does "
+                                          r"not exist \(it is read relative to '.*'\)$"):
+        load_config(missing)
+    wrong = tmp_path / 'wrong_base.yaml'
+    wrong.write_text('_base_: {a: 1}\n')
+    with pytest.raises(ConfigError, match=r"^_base_ in config file '.*wrong_base.yaml' must be a file name or a "
+                                          r"list of file names, got \{'a': 1\}$"):
+        load_config(wrong)
+    (tmp_path / 'a.yaml').write_text('_base_: b.yaml\n')
+    (tmp_path / 'b.yaml').write_text('_base_: a.yaml\n')
+    with pytest.raises(ConfigError, match=r"^config file '.*a.yaml' includes itself through _base_: .*a.yaml -> "
+                                          r".*b.yaml -> .*a.yaml$"):
+        load_config(tmp_path / 'a.yaml')

@@ -14,7 +14,7 @@ from densezoo.datasets.segmentation import SegmentationDataset, build_seg_pipeli
 from densezoo.engine import config_from_dict, train
 from densezoo.engine.config import ConfigError
 from densezoo.models import swin
-from densezoo.tasks.segmentation import create_segmentor, load_segmentor_state
+from densezoo.heads.segmentor import create_segmentor, load_segmentor_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / 'data' / 'seg_demo'

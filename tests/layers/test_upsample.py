@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from densezoo.heads.upsample import DenseUpsample, PixelShuffleDirect, PixelShuffleUpsample, check_upscale
+from densezoo.layers.upsample import DenseUpsample, PixelShuffleDirect, PixelShuffleUpsample, check_upscale
 
 
 @pytest.mark.parametrize('scale,keys', [(2, ['0.weight', '0.bias']), (3, ['0.weight', '0.bias']),

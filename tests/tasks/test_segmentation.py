@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from densezoo.models import lookupvit, pvt, rdnets, swin, vit
-from densezoo.tasks.segmentation import (IGNORE_INDEX, check_labels, confusion_matrix, create_segmentor,
-                                         load_segmentor_state, segmentation_loss, segmentation_scores,
-                                         slide_inference)
+from densezoo.heads.segmentor import create_segmentor, load_segmentor_state
+from densezoo.metrics.segmentation import IGNORE_INDEX, check_labels, confusion_matrix, segmentation_scores
+from densezoo.tasks.segmentation import segmentation_loss, slide_inference
 
 REGISTERED = (lookupvit, pvt, rdnets, swin, vit)  # importing these registers their models with timm
 HEAD = dict(channels=8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from densezoo.tasks.sr_metrics import psnr, quantize, rgb_to_y, ssim
+from densezoo.metrics.sr import psnr, quantize, rgb_to_y, ssim
 
 
 def _grey(value: float, shape=(3, 20, 24)) -> torch.Tensor:

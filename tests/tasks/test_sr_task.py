@@ -17,7 +17,7 @@ from densezoo.datasets import DataError
 from densezoo.engine import ConfigError, Trainer, config_from_dict, train
 from densezoo.engine.checkpoint import load_checkpoint
 from densezoo.tasks.sr import CharbonnierLoss, SRTask, build_sr_loss
-from densezoo.tasks.sr_metrics import psnr
+from densezoo.metrics.sr import psnr
 from tests.sr_standin import make_sr_images, sr_config
 
 ROOT = Path(__file__).resolve().parents[2]

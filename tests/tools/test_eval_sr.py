@@ -15,7 +15,7 @@ from densezoo.datasets import imresize
 from densezoo.engine import config_from_dict, train
 from densezoo.engine.checkpoint import save_weights
 from densezoo.tasks.sr_eval import evaluate_benchmark, load_sr_model, sr_forward
-from densezoo.tasks.sr_metrics import psnr, ssim
+from densezoo.metrics.sr import psnr, ssim
 from tests.sr_standin import StandInSR, make_sr_images, smooth_image, sr_config
 
 ROOT = Path(__file__).resolve().parents[2]

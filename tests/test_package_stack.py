@@ -1,0 +1,80 @@
+"""The package stack points one way: layers <- models <- heads <- tasks <- engine <- cli (the tools), with profile
+and mm on the side; ``import densezoo`` loads the models without the training stack; module docstrings stay short."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import densezoo
+
+ROOT = Path(densezoo.__file__).parent
+
+#: sub-package (or top-level module) -> the densezoo sub-packages it may import
+ALLOWED = {
+    'version': set(),
+    'distributed': set(),
+    'layers': set(),
+    'metrics': set(),
+    'datasets': set(),
+    'models': {'layers'},
+    'registry': {'models'},
+    'heads': {'layers', 'models'},
+    '__init__': {'layers', 'models', 'heads', 'registry', 'version'},
+    'profile': {'__init__', 'layers', 'models', 'registry'},
+    'mm': {'__init__', 'layers', 'models', 'heads', 'registry'},
+    'tasks': {'datasets', 'distributed', 'heads', 'layers', 'metrics', 'models', 'profile', 'registry'},
+    'engine': {'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry', 'tasks'},
+    'cli': {'__init__', 'datasets', 'engine', 'profile', 'registry', 'tasks'},
+}
+
+
+def _part(module: str) -> str:
+    parts = module.split('.')
+    return '__init__' if len(parts) == 1 else parts[1]
+
+
+def _imports(path: Path):
+    """Every densezoo module ``path`` imports, at any depth of the file (function-level imports included)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        yield from (name for name in names if name == 'densezoo' or name.startswith('densezoo.'))
+
+
+def test_imports_only_point_down():
+    wrong = []
+    for path in sorted(ROOT.rglob('*.py')):
+        relative = path.relative_to(ROOT.parent).with_suffix('')
+        module = '.'.join(relative.parts[:-1] if relative.name == '__init__' else relative.parts)
+        part = _part(module)
+        assert part in ALLOWED, f'{module} belongs to no level of the stack; add {part!r} to ALLOWED'
+        for imported in _imports(path):
+            target = _part(imported)
+            if target != part and target not in ALLOWED[part]:
+                wrong.append(f'{module} imports {imported}')
+    assert wrong == []
+
+
+def test_importing_densezoo_loads_no_training_stack():
+    code = ('import sys, densezoo, timm; timm.create_model("swinir_light_x2"); '
+            'print("\\n".join(sorted(sys.modules)))')
+    loaded = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
+    training = [name for name in loaded
+                if name.startswith(('densezoo.engine', 'densezoo.tasks', 'densezoo.datasets', 'densezoo.metrics',
+                                    'timm.optim', 'timm.scheduler', 'mmengine', 'mmseg', 'mmdet'))]
+    assert training == []
+    assert 'densezoo.models.swinir' in loaded
+
+
+def test_module_docstrings_are_short():
+    """About ten lines, as timm's; the design notes live in docs/."""
+    long = []
+    for path in sorted(ROOT.rglob('*.py')):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding='utf-8')), clean=False) or ''
+        if len(doc.strip().splitlines()) > 10:
+            long.append(str(path.relative_to(ROOT.parent)))
+    assert long == []
