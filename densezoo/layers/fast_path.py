@@ -85,6 +85,13 @@ def _probe(name: str, run: Callable[[], torch.Tensor], reference: Callable[[], t
     return ok
 
 
+def _probe_linear(name: str, run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """``_probe`` of a fused linear + GELU: ``run(x, weight, bias)`` against ``F.gelu(F.linear(x, weight, bias))``."""
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((2, 5, 8), (6, 8), (6,)))
+    return _probe(name, lambda: run(x, weight, bias), lambda: F.gelu(F.linear(x, weight, bias)))
+
+
 @functools.lru_cache(maxsize=None)
 def onednn_linear() -> Optional[Callable]:
     """oneDNN's linear with a fused activation (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses
@@ -92,10 +99,7 @@ def onednn_linear() -> Optional[Callable]:
     op = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
     if op is None:
         return None
-    generator = torch.Generator().manual_seed(0)
-    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((2, 5, 8), (6, 8), (6,)))
-    usable = _probe('mkldnn._linear_pointwise', lambda: op(x, weight, bias, 'gelu', [], 'none'),
-                    lambda: F.gelu(F.linear(x, weight, bias)))
+    usable = _probe_linear('mkldnn._linear_pointwise', lambda x, weight, bias: op(x, weight, bias, 'gelu', [], 'none'))
     return op if usable else None
 
 
@@ -108,10 +112,8 @@ def onednn_weight_packing() -> Optional[Callable]:
     op = getattr(torch.ops.mkldnn, '_reorder_linear_weight', None)
     if linear is None or op is None:
         return None
-    generator = torch.Generator().manual_seed(0)
-    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((2, 5, 8), (6, 8), (6,)))
-    usable = _probe('mkldnn._reorder_linear_weight', lambda: linear(x, op(weight, 10), bias, 'gelu', [], 'none'),
-                    lambda: F.gelu(F.linear(x, weight, bias)))
+    usable = _probe_linear('mkldnn._reorder_linear_weight',
+                           lambda x, weight, bias: linear(x, op(weight, 10), bias, 'gelu', [], 'none'))
     return op if usable else None
 
 

@@ -153,13 +153,13 @@ def _layout_arrays(height: int, width: int, window_size: int, shift_size: int, w
         # arithmetic rather than by looking at the mask, so that every size is static for tracers
         rows, cols = height // window_size, width // window_size
         plain = [i * cols + j for i in range(rows - 1) for j in range(cols - 1)]
-        edge = [i * cols + j for i in range(rows) for j in range(cols) if i == rows - 1 or j == cols - 1]
         if regions:
             rectangles = _edge_rectangles(grid, window_size, shift_size)
             groups = tuple((len(parts), tall, wide) for (tall, wide), parts in rectangles.items())
             order = np.concatenate([windows[plain].reshape(-1)] + [np.concatenate(parts)
                                                                     for parts in rectangles.values()])
             return order, np.argsort(order), None, len(plain), groups
+        edge = [i * cols + j for i in range(rows) for j in range(cols) if i == rows - 1 or j == cols - 1]
         keep = np.array(plain + edge, dtype=np.int64)
         windows, unmasked = windows[keep], len(plain)
         mask = _mask_array(height, width, window_size, shift_size)[keep]
@@ -445,7 +445,8 @@ class WindowAttention(nn.Module):
         side = self.window_size
         qkv = fast_linear(x, self.qkv.weight, self.qkv.bias)
         segments = [(layout.unmasked, side, side)] * bool(layout.unmasked) + list(layout.regions)
-        parts, start = [], 0
+        parts = [[] for _ in range(batch)]  # per image, segment by segment
+        start = 0
         for count, tall, wide in segments:
             size = tall * wide
             segment_bias = self.position_bias(tall, wide).unsqueeze(0).to(qkv.dtype)
@@ -453,9 +454,9 @@ class WindowAttention(nn.Module):
             q, k, v = chunk.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, count, heads, size, d) each
             for i in range(batch):
                 out = F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=segment_bias, scale=self.scale)
-                parts.append((i, out.transpose(1, 2).reshape(count * size, -1)))
+                parts[i].append(out.transpose(1, 2).reshape(count * size, -1))
             start += count * size
-        out = torch.cat([part for _, part in sorted(parts, key=lambda item: item[0])]).view(batch, -1, channels)
+        out = torch.cat([part for image in parts for part in image]).view(batch, -1, channels)
         return self.proj_drop(fast_linear(out, self.proj.weight, self.proj.bias))
 
 
