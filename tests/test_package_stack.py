@@ -1,5 +1,6 @@
 """The package stack points one way: layers <- models <- heads <- tasks <- engine <- cli (the tools), with profile
-and mm on the side; ``import densezoo`` loads the models without the training stack; module docstrings stay short."""
+and mm on the side and the shared config sections (``densezoo.config``) under tasks and engine; ``import densezoo``
+loads the models without the training stack; module docstrings stay short."""
 import ast
 import subprocess
 import sys
@@ -13,6 +14,7 @@ ROOT = Path(densezoo.__file__).parent
 ALLOWED = {
     'version': set(),
     'distributed': set(),
+    'config': set(),
     'layers': set(),
     'metrics': set(),
     'datasets': set(),
@@ -22,9 +24,9 @@ ALLOWED = {
     '__init__': {'layers', 'models', 'heads', 'registry', 'version'},
     'profile': {'__init__', 'layers', 'models', 'registry'},
     'mm': {'__init__', 'layers', 'models', 'heads', 'registry'},
-    'tasks': {'datasets', 'distributed', 'heads', 'layers', 'metrics', 'models', 'profile', 'registry'},
-    'engine': {'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry', 'tasks'},
-    'cli': {'__init__', 'datasets', 'engine', 'profile', 'registry', 'tasks'},
+    'tasks': {'config', 'datasets', 'distributed', 'heads', 'layers', 'metrics', 'models', 'profile', 'registry'},
+    'engine': {'config', 'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry', 'tasks'},
+    'cli': {'__init__', 'config', 'datasets', 'engine', 'profile', 'registry', 'tasks'},
 }
 
 

@@ -84,7 +84,7 @@ def _albumentations(size: int, training: bool, options: Dict[str, Any], steps: L
 
 
 def build_transform(data, resolved: Dict[str, Any], training: bool) -> Callable:
-    """The transform for ``data`` (a ``DataConfig``) with the model's resolved data settings.
+    """The transform for ``data`` (the classification task's data section) with the model's resolved data settings.
 
     ``resolved`` holds ``input_size``, ``interpolation``, ``mean``, ``std`` and ``crop_pct`` (timm's
     ``resolve_data_config`` with the config's overrides applied).

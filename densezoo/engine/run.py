@@ -25,11 +25,11 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 def resume_config(run_dir) -> TrainConfig:
-    """The resolved config a run folder was started with."""
+    """The resolved config a run folder was started with (keys of other tasks, which older runs list, left out)."""
     path = Path(run_dir) / 'config.yaml'
     if not path.is_file():
         raise ConfigError(f'{str(run_dir)!r} is not a run folder (no config.yaml); pass the folder a run printed')
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return config_from_dict(yaml.safe_load(path.read_text()), drop_other_tasks_keys=True)
 
 
 def train(config: TrainConfig, run_dir: Optional[Path] = None, resume: bool = False,

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from densezoo.config import TrainConfig
 from densezoo.registry import check_model_names
 
 __all__ = ['Task', 'register_task', 'create_task', 'TASKS']
@@ -21,15 +22,22 @@ def register_task(cls: type) -> type:
 
 
 class Task:
-    """What the engine needs from a task. Subclasses set ``name`` and ``main_metric`` and implement the methods."""
+    """What the engine needs from a task. Subclasses set ``name`` and ``main_metric`` and implement the methods;
+    a task with keys of its own declares them in ``config_class`` and checks their values in ``check_config``."""
     name = ''
     main_metric = ''
     higher_is_better = True
     log_metrics: Tuple[str, ...] = ()  # validation metrics written to log.csv (all go to log.jsonl)
+    config_class: type = TrainConfig  # the task's config: TrainConfig or a subclass with the task's keys
 
     def __init__(self, config, dist):
         self.config = config
         self.dist = dist
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Check the values of the task's own keys (the shared ones are checked before); raises
+        ``densezoo.config.ConfigError`` with a one-line reason."""
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """Image classification: timm models, image-folder data, mixup / cutmix, label smoothing, top-1 / top-5."""
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -8,11 +9,36 @@ from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
+from densezoo.config import DataConfig, TrainConfig, require
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
 from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 
-__all__ = ['ClassificationTask']
+__all__ = ['ClassificationTask', 'ClassificationDataConfig', 'ClassificationTrainConfig']
+
+
+@dataclass
+class ClassificationDataConfig(DataConfig):
+    """The data section of ``task: classification``: transforms, mixup / cutmix and label smoothing."""
+    pipeline: str = 'timm'  # 'timm' or 'albumentations'
+    scale: Tuple[float, float] = (0.08, 1.0)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    auto_augment: Optional[str] = None  # e.g. 'rand-m9-mstd0.5-inc1' (RandAugment)
+    re_prob: float = 0.0  # random erasing
+    interpolation: Optional[str] = None
+    crop_pct: Optional[float] = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = 'batch'
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class ClassificationTrainConfig(TrainConfig):
+    """A classification run; its loss follows data.label_smoothing, data.mixup and data.cutmix."""
+    data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
 
 
 @register_task
@@ -21,6 +47,12 @@ class ClassificationTask(Task):
     name = 'classification'
     main_metric = 'top1'
     log_metrics = ('top1', 'top5')
+    config_class = ClassificationTrainConfig
+
+    @classmethod
+    def check_config(cls, config: ClassificationTrainConfig) -> None:
+        require(config.data.pipeline in ('timm', 'albumentations'),
+                f"data.pipeline={config.data.pipeline!r} is not allowed; use 'timm' or 'albumentations'")
 
     def __init__(self, config, dist):
         super().__init__(config, dist)

@@ -4,13 +4,15 @@ Losses and metrics follow mmseg: pixel-wise cross entropy with ignore index 255 
 mIoU / pixel accuracy from a confusion matrix (``densezoo.metrics.segmentation``); ``slide_inference`` averages the
 logits of overlapping windows.
 """
-from typing import Callable, Dict, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from densezoo.config import DataConfig, ModelConfig, TrainConfig, require
 from densezoo.datasets.segmentation import (SegmentationDataset, build_seg_pipeline, collate_segmentation,
                                             pair_segmentation_files)
 from densezoo.distributed import all_reduce_sums
@@ -18,7 +20,35 @@ from densezoo.heads.segmentor import create_segmentor
 from densezoo.metrics.segmentation import IGNORE_INDEX, check_labels, confusion_matrix, segmentation_scores
 from densezoo.tasks.base import Task, register_task
 
-__all__ = ['segmentation_loss', 'slide_inference', 'SegmentationTask']
+__all__ = ['segmentation_loss', 'slide_inference', 'SegmentationTask', 'SegModelConfig', 'SegDataConfig',
+           'SegTrainConfig']
+
+
+@dataclass
+class SegModelConfig(ModelConfig):
+    """The model section of ``task: seg``: the backbone ``name`` (features_only) and a decode head."""
+    head: str = 'upernet'  # 'upernet', 'fpn', 'segformer' or 'dpt'
+    head_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {channels: 512}
+    out_indices: Optional[Tuple[int, ...]] = None  # feature maps of the backbone; default: chosen by the head
+    aux_head: bool = False  # mmseg's auxiliary FCN head on the stride-16 map (loss weight 0.4)
+
+
+@dataclass
+class SegDataConfig(DataConfig):
+    """The data section of ``task: seg``: <root>/images/<split>/* with label maps <root>/annotations/<split>/*.png."""
+    num_classes: Optional[int] = None  # required (label 255 is ignored)
+    resize_short: Optional[int] = None  # short side before random scaling / for evaluation; null: keep
+    ratio_range: Tuple[float, float] = (0.5, 2.0)  # random scale of the training images (crop size: img_size)
+    reduce_zero_label: bool = False  # label 0 -> 255 (ignored), others - 1 (ADE20K's 150 classes)
+    val_slide_window: Optional[int] = None  # evaluate with sliding windows of this side (mmseg's slide mode)
+    val_slide_stride: Optional[int] = None  # their stride (default: two thirds of the window, as mmseg's 512 / 341)
+
+
+@dataclass
+class SegTrainConfig(TrainConfig):
+    """A segmentation run (pixel-wise cross entropy: no loss key)."""
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, aux_logits: Optional[torch.Tensor] = None,
@@ -68,6 +98,24 @@ class SegmentationTask(Task):
     name = 'seg'
     main_metric = 'mIoU'
     log_metrics = ('mIoU', 'mAcc', 'aAcc')
+    config_class = SegTrainConfig
+
+    @classmethod
+    def check_config(cls, config: SegTrainConfig) -> None:
+        data, model = config.data, config.model
+        require(data.num_classes is not None and data.num_classes >= 1,
+                f'data.num_classes={data.num_classes} is not allowed; task seg needs the number of classes (e.g. 150)')
+        require(model.head in ('upernet', 'fpn', 'segformer', 'dpt'),
+                f"model.head={model.head!r} is not allowed; use upernet, fpn, segformer or dpt")
+        require(data.img_size is None or data.img_size >= 1, f'data.img_size={data.img_size} must be at least 1')
+        require(data.resize_short is None or data.resize_short >= 1,
+                f'data.resize_short={data.resize_short} must be at least 1')
+        require(0 < data.ratio_range[0] <= data.ratio_range[1],
+                f'data.ratio_range={list(data.ratio_range)} must be two positive numbers, low <= high')
+        window, stride = data.val_slide_window, data.val_slide_stride
+        require(window is None or window >= 1, f'data.val_slide_window={window} must be at least 1 (or null)')
+        require(stride is None or (window is not None and 1 <= stride <= window),
+                f'data.val_slide_stride={stride} needs data.val_slide_window and must lie in [1, window]')
 
     def __init__(self, config, dist):
         super().__init__(config, dist)

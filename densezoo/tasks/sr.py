@@ -9,6 +9,7 @@ Y channel with ``upscale`` pixels cropped from each border (the SR protocol; RGB
 loss; means over images, summed exactly over processes. At the end of a run ``comparison.png`` in the run folder
 shows a crop of the first validation image: bicubic upscaling | model output | ground truth.
 """
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -16,13 +17,40 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+from densezoo.config import DataConfig, TrainConfig, require
 from densezoo.datasets import DataError, SRPairedDataset, collate_pairs, imresize, pair_images
 from densezoo.datasets.sr import tensor_to_image
 from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 from densezoo.metrics.sr import psnr, ssim
 
-__all__ = ['SRTask', 'CharbonnierLoss', 'build_sr_loss', 'comparison_image']
+__all__ = ['SRTask', 'SRDataConfig', 'SRTrainConfig', 'CharbonnierLoss', 'build_sr_loss', 'comparison_image']
+
+
+@dataclass
+class SRDataConfig(DataConfig):
+    """The data section of ``task: sr``: images in <root>/<split>/<hr_dir>, inputs in <root>/<split>/<lr_dir>."""
+    hr_dir: str = 'HR'
+    lr_dir: Optional[str] = None  # e.g. 'LR_bicubic/X{scale}'; null: made from HR by `degradation`
+    upscale: Optional[int] = None  # default: the model's `upscale`
+    lr_patch: int = 48  # training crop, in LR pixels (HR crop: lr_patch * upscale)
+    repeat: int = 1  # passes over the training images per epoch (few large images: many crops per epoch)
+    degradation: str = 'bicubic'  # 'bicubic' (MATLAB imresize), 'noise' or 'jpeg' (the last two for upscale 1)
+    noise_sigma: float = 25.0  # Gaussian noise of degradation 'noise', on the 0..255 scale
+    jpeg_quality: int = 40  # quality of degradation 'jpeg'
+    rot90: bool = True  # random vertical flips and transposes (with hflip: all 8 symmetries)
+    channels: Optional[int] = None  # 3 or 1; default: the model's `in_chans`
+    grey: str = 'L'  # channels 1: 'L' (PIL luma) or 'Y' (MATLAB rgb2ycbcr Y)
+    val_y_channel: Optional[bool] = None  # PSNR / SSIM on Y; default: yes for upscale > 1, RGB for upscale 1
+    val_crop_border: Optional[int] = None  # pixels cut from each border before scoring; default: upscale
+
+
+@dataclass
+class SRTrainConfig(TrainConfig):
+    """A super-resolution run: the loss and the SR data section."""
+    loss: Optional[str] = None  # 'l1' (default), 'charbonnier' or 'mse'
+    charbonnier_eps: float = 1e-3
+    data: SRDataConfig = field(default_factory=SRDataConfig)
 
 
 class CharbonnierLoss(nn.Module):
@@ -69,6 +97,25 @@ class SRTask(Task):
     name = 'sr'
     main_metric = 'psnr'
     log_metrics = ('psnr', 'ssim')
+    config_class = SRTrainConfig
+
+    @classmethod
+    def check_config(cls, config: SRTrainConfig) -> None:
+        data = config.data
+        require(config.loss in (None, 'l1', 'charbonnier', 'mse'),
+                f"loss={config.loss!r} is not allowed; use l1, charbonnier or mse")
+        require(config.charbonnier_eps > 0, f'charbonnier_eps={config.charbonnier_eps} must be positive')
+        require(data.degradation in ('bicubic', 'noise', 'jpeg'),
+                f"data.degradation={data.degradation!r} is not allowed; use bicubic, noise or jpeg")
+        require(data.upscale is None or data.upscale >= 1, f'data.upscale={data.upscale} must be at least 1')
+        require(data.lr_patch >= 1, f'data.lr_patch={data.lr_patch} must be at least 1')
+        require(data.repeat >= 1, f'data.repeat={data.repeat} must be at least 1')
+        require(data.channels in (None, 1, 3), f'data.channels={data.channels} is not allowed; use 3, 1 or null')
+        require(data.grey in ('L', 'Y'), f"data.grey={data.grey!r} is not allowed; use 'L' or 'Y'")
+        require(1 <= data.jpeg_quality <= 100, f'data.jpeg_quality={data.jpeg_quality} must lie between 1 and 100')
+        require(data.noise_sigma >= 0, f'data.noise_sigma={data.noise_sigma} must be 0 or more')
+        require(data.val_crop_border is None or data.val_crop_border >= 0,
+                f'data.val_crop_border={data.val_crop_border} must be 0 or more')
 
     def __init__(self, config, dist):
         super().__init__(config, dist)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from densezoo.datasets import EpochSampler, ImageFolderDataset, build_transform, preserved_rng
-from densezoo.engine.config import DataConfig
+from densezoo.tasks.classification import ClassificationDataConfig
 from tests.engine.conftest import make_dataset
 
 RESOLVED = dict(input_size=(3, 16, 16), interpolation='bilinear', mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
@@ -15,7 +15,8 @@ RESOLVED = dict(input_size=(3, 16, 16), interpolation='bilinear', mean=(0.5,) * 
 @pytest.mark.parametrize('pipeline', ['timm', 'albumentations'])
 def test_samples_depend_only_on_seed_epoch_and_index(tmp_path, pipeline):
     root = make_dataset(tmp_path / 'data')
-    data = DataConfig(root=str(root), pipeline=pipeline, scale=(0.3, 1.0), hflip=0.5, color_jitter=0.4)
+    data = ClassificationDataConfig(root=str(root), pipeline=pipeline, scale=(0.3, 1.0), hflip=0.5,
+                                    color_jitter=0.4)
     dataset = ImageFolderDataset(root / 'train', build_transform(data, RESOLVED, training=True), seed=3)
     assert dataset.classes == ['blue', 'green', 'red'] and len(dataset) == 36
     first = dataset[5][0]
@@ -28,7 +29,7 @@ def test_samples_depend_only_on_seed_epoch_and_index(tmp_path, pipeline):
 
 def test_the_callers_rng_state_is_left_alone(tmp_path):
     root = make_dataset(tmp_path / 'data')
-    data = DataConfig(root=str(root), hflip=0.5)
+    data = ClassificationDataConfig(root=str(root), hflip=0.5)
     dataset = ImageFolderDataset(root / 'train', build_transform(data, RESOLVED, training=True))
     torch.manual_seed(0), np.random.seed(0), random.seed(0)
     expected = (torch.rand(1), np.random.rand(), random.random())

@@ -151,8 +151,8 @@ def test_denoising_with_charbonnier_and_the_rgb_metric(tmp_path):
     ('data.channels=2', r'^data.channels=2 is not allowed; use 3, 1 or null$'),
     ('data.lr_pach=3', r"^unknown config key 'data.lr_pach'; did you mean 'data.lr_patch'\?$"),
     ('epochs=null', r'^epochs is null and max_steps is not set; set one of them$'),
-    ('task=classification loss=l1', r"^loss='l1' is only used by task sr; classification's loss follows "
-                                    r"data.label_smoothing, data.mixup and data.cutmix$"),
+    ('task=classification', r"^unknown config key 'data.lr_patch' for task classification; it is a key of task "
+                            r"sr$"),
 ])
 def test_bad_sr_config_values_are_one_line_errors(tmp_path, override, message):
     from densezoo.engine.config import apply_overrides
