@@ -22,7 +22,8 @@ from timm.layers import trunc_normal_
 
 __all__ = [
     'CONNECTION_KINDS', 'StageConnection', 'Residual', 'DepthWeightedAverage', 'MultiwayDynamicDense',
-    'ResidualInResidual', 'DenseConcat', 'LAuReL', 'ReZero', 'ValueResidual', 'create_connection',
+    'ResidualInResidual', 'DenseConcat', 'LAuReL', 'ReZero', 'ValueResidual', 'DenseResidualInResidual',
+    'create_connection',
     'connection_options', 'weighted_sum', 'linear_over_chunks', 'dwa_num_weights',
 ]
 
@@ -667,6 +668,100 @@ class ValueResidual(StageConnection):
 
     def extra_repr(self) -> str:
         return f'num_blocks={self.num_blocks}, lambda_init={self.lambda_init}, learnable={self.learnable}'
+
+
+class DenseResidualInResidual(StageConnection):
+    """Residual-in-residual groups over the concatenating blocks of a dense stage (RDNet's): ``rir`` there.
+
+    The runner provides ``run_dense_block(index, features)``, the growth of block ``index`` on the concatenation of
+    ``features``. After each group of ``group_size`` blocks, the features F the group read and the N it added
+    become [F, 0] + s * P(N), with P a linear (1x1) or 3x3 projection that starts as [0; I / s]: the plain stage.
+    The state after a block is the concatenation of the features at that point.
+
+    Args:
+        num_blocks: Blocks of the stage.
+        in_chs: Channels of the stage input.
+        growth: Channels each block adds.
+        group_size: Blocks per group; must divide ``num_blocks``. None: the whole stage is one group.
+        projection: ``'linear'`` (1x1 convolution) or ``'conv3x3'``.
+        residual_scale: s in [F, 0] + s * P(N).
+    """
+    kind = 'rir'
+
+    def __init__(
+            self,
+            num_blocks: int,
+            in_chs: int,
+            growth: int,
+            group_size: Optional[int] = None,
+            projection: str = 'linear',
+            residual_scale: float = 1.0,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(num_blocks)
+        group_size = num_blocks if group_size is None else group_size
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or num_blocks % group_size:
+            divisors = [d for d in range(1, num_blocks + 1) if num_blocks % d == 0]
+            raise ValueError(f'group_size={group_size!r} does not divide the {num_blocks} blocks of the stage; '
+                             f'group_size must be one of {divisors} (or None for one group)')
+        if projection not in ('linear', 'conv3x3'):
+            raise ValueError(f"projection={projection!r} is not allowed; choose 'linear' or 'conv3x3'")
+        if not residual_scale or not math.isfinite(residual_scale):
+            raise ValueError(f'residual_scale={residual_scale!r} is not allowed; it must be a finite non-zero number')
+        self.in_chs, self.growth, self.group_size = in_chs, growth, group_size
+        self.projection, self.residual_scale = projection, float(residual_scale)
+        kernel = (3, 3) if projection == 'conv3x3' else (1, 1)
+        new = group_size * growth
+        groups = num_blocks // group_size
+        self.weight = nn.ParameterList([
+            nn.Parameter(torch.empty(self.group_out_chs(k), new, *kernel, device=device, dtype=dtype))
+            for k in range(groups)])
+        self.bias = nn.ParameterList([
+            nn.Parameter(torch.empty(self.group_out_chs(k), device=device, dtype=dtype)) for k in range(groups)])
+        self.reset_parameters()
+
+    def group_out_chs(self, group: int) -> int:
+        """Channels of the features after group ``group``."""
+        return self.in_chs + (group + 1) * self.group_size * self.growth
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            new = self.group_size * self.growth
+            for weight, bias in zip(self.weight, self.bias):
+                weight.zero_()
+                centre = weight[-new:, :, weight.shape[2] // 2, weight.shape[3] // 2]
+                centre.copy_(torch.eye(new, device=weight.device, dtype=weight.dtype) / self.residual_scale)
+                bias.zero_()
+
+    def _truncate(self, depth: int) -> None:
+        groups = depth // self.group_size  # a group cut short keeps its blocks' features unprojected
+        self.weight = nn.ParameterList(list(self.weight)[:groups])
+        self.bias = nn.ParameterList(list(self.bias)[:groups])
+
+    def _skip(self, group: int, read: torch.Tensor, new: torch.Tensor) -> List[torch.Tensor]:
+        """[read, 0] + s * P(new), as the two pieces (read channels, new channels)."""
+        padding = 1 if self.projection == 'conv3x3' else 0
+        projected = F.conv2d(new, self.weight[group], self.bias[group], padding=padding)
+        if self.residual_scale != 1.:
+            projected = projected * self.residual_scale
+        width = self.group_out_chs(group) - self.group_size * self.growth
+        return [read + projected[:, :width], projected[:, width:]]
+
+    def forward(self, x: torch.Tensor, runner, depth: Optional[int] = None, taps: Taps = None) -> torch.Tensor:
+        features = [x]
+        for i in range(self.blocks_to_run(depth)):
+            features.append(runner.run_dense_block(i, features))
+            if (i + 1) % self.group_size == 0 and i // self.group_size < len(self.weight):
+                read, new = features[:-self.group_size], features[-self.group_size:]
+                features = self._skip(i // self.group_size, torch.cat(read, 1), torch.cat(new, 1))
+            if taps is not None and i in taps:
+                taps[i] = torch.cat(features, 1)
+        return torch.cat(features, 1)
+
+    def extra_repr(self) -> str:
+        return (f'num_blocks={self.num_blocks}, in_chs={self.in_chs}, growth={self.growth}, '
+                f'group_size={self.group_size}, projection={self.projection!r}, residual_scale={self.residual_scale}')
 
 
 _CONNECTIONS: Dict[str, type] = {

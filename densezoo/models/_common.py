@@ -1,6 +1,6 @@
 """Pieces shared by densezoo's model families: derived pretrained cfgs, registration and input checks."""
 import sys
-from typing import Callable, Dict, Iterable, Mapping, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -11,8 +11,11 @@ from timm.models import get_arch_pretrained_cfgs, register_model
 # from no public module
 from timm.models._input import update_model_args, update_model_input_size
 
-__all__ = ['connected_cfgs', 'register_connected', 'check_image_input', 'check_image_batch', 'is_tracing',
+__all__ = ['connected_cfgs', 'register_models', 'check_image_input', 'check_image_batch', 'is_tracing',
            'update_model_args', 'update_model_input_size']
+
+#: registered options of a connection kind: fixed, or computed from the architecture's arguments
+ConnectionArgs = Union[Mapping[str, object], Callable[[Mapping[str, object]], Mapping[str, object]]]
 
 
 def connected_cfgs(base_archs: Iterable[str], kinds: Iterable[str]) -> Dict[str, dict]:
@@ -33,31 +36,52 @@ def connected_cfgs(base_archs: Iterable[str], kinds: Iterable[str]) -> Dict[str,
     return cfgs
 
 
-def register_connected(
+def register_models(
         module_name: str,
-        arch: str,
-        kind: str,
-        model_args: Mapping[str, object],
-        connection_args: Mapping[str, object],
         create: Callable[..., nn.Module],
-) -> Callable[..., nn.Module]:
-    """Register the timm entrypoint ``<arch>_<kind>`` in module ``module_name`` and return it.
+        names: Sequence[str],
+        archs: Mapping[str, Mapping[str, object]],
+        connections: Mapping[str, ConnectionArgs] = None,
+        title: str = '',
+) -> None:
+    """Register a timm entrypoint in module ``module_name`` for each of ``names``, as timm's ``@register_model``.
 
-    The entrypoint builds ``create(name, pretrained, connection=kind, connection_args=..., **model_args)``;
-    keyword arguments override ``model_args`` and update ``connection_args``.
+    A name is an architecture of ``archs`` (built by ``create(name, pretrained, **arch_args, **kwargs)``) or
+    ``<arch>_<kind>`` with ``kind`` in ``connections``, which adds ``connection=kind`` and ``connection_args``:
+    the registered options of the kind (a mapping, or a function of the architecture's arguments), updated by the
+    caller's ``connection_args``. Keyword arguments override the architecture's arguments.
     """
-    name = f'{arch}_{kind}'
+    module = sys.modules[module_name]
+    connections = connections or {}
+    for name in names:
+        arch, kind = _split_name(name, archs, connections)
+        options = connections.get(kind, {})
+        options = options(archs[arch]) if callable(options) else options
 
-    def entrypoint(pretrained: bool = False, **kwargs) -> nn.Module:
-        args = {**model_args, **kwargs}
-        args['connection_args'] = {**connection_args, **(kwargs.get('connection_args') or {})}
-        return create(name, pretrained=pretrained, connection=kind, **args)
+        def entrypoint(pretrained: bool = False, _name=name, _arch=arch, _kind=kind, _options=options, **kwargs):
+            args = {**archs[_arch], **kwargs}
+            if _kind:
+                args.update(connection=_kind, connection_args={**_options, **(kwargs.get('connection_args') or {})})
+            return create(_name, pretrained=pretrained, **args)
 
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = module_name
-    entrypoint.__doc__ = f'{arch} (timm) with a {kind!r} connection between the blocks of each stage.'
-    setattr(sys.modules[module_name], name, entrypoint)
-    return register_model(entrypoint)
+        entrypoint.__name__ = entrypoint.__qualname__ = name
+        entrypoint.__module__ = module_name
+        entrypoint.__doc__ = (f'{title + " " if title else ""}{arch}'
+                              + (f' with a {kind!r} connection between its blocks.' if kind else '.'))
+        setattr(module, name, entrypoint)
+        register_model(entrypoint)
+
+
+def _split_name(name: str, archs: Mapping[str, object], connections: Mapping[str, object]) -> Tuple[str, str]:
+    """``(arch, kind)`` of a registered name (kind '' for a plain architecture)."""
+    if name in archs:
+        return name, ''
+    for kind in connections:
+        arch = name[:-len(kind) - 1]
+        if name.endswith(f'_{kind}') and arch in archs:
+            return arch, kind
+    raise ValueError(f'{name} is neither an architecture of this family nor <architecture>_<connection> with a '
+                     f'connection of {", ".join(connections) or "none"}')
 
 
 def _size(value) -> Tuple[int, int]:

@@ -7,22 +7,21 @@ Design notes: docs/sr-models.md.
 """
 import contextlib
 import logging
-import sys
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.models import build_model_with_cfg, checkpoint, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, checkpoint, resolve_pretrained_cfg
 
 from densezoo.layers.upsample import SRReconstruction
 from densezoo.layers.window_attention import from_window_order, shifted_window_mask, to_window_order
-from densezoo.models.connect import ConnectedStage, StageFamily, connect, register_family
+from densezoo.models.connect import ConnectedModel, model_stage
 
-__all__ = ['SRModel', 'WindowSRTransformer', 'ConnectedWindowSR', 'checkpoint_filter_fn', 'sr_cfg', 'RGB_MEAN',
-           'register_window_family', 'connected_sr_cfgs', 'create_sr_model', 'register_sr_models', 'unwrap_checkpoint',
-           'check_pixelshuffle_only', 'residual_conv', 'tokens_to_map', 'map_to_tokens']
+__all__ = ['SRModel', 'WindowSRTransformer', 'ConnectedWindowSR', 'WINDOW_SR_STAGES', 'checkpoint_filter_fn', 'sr_cfg',
+           'RGB_MEAN', 'connected_sr_cfgs', 'create_sr_model', 'unwrap_checkpoint', 'check_pixelshuffle_only',
+           'residual_conv', 'tokens_to_map', 'map_to_tokens']
 
 _logger = logging.getLogger(__name__)
 
@@ -173,6 +172,12 @@ class WindowSRTransformer(SRReconstruction, SRModel):
         """The residual groups, as ``densezoo.connect`` sees them (an alias of ``layers``)."""
         return self.layers
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Layer-decay groups: the shallow conv and embedding, then one per residual group; the modules after the
+        body go with the last group."""
+        return dict(stem=r'^conv_first|^patch_embed|^absolute_pos_embed', blocks=r'^layers\.(\d+)')
+
     def run_layers(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
         """Run the residual groups on tokens ``x`` (plain residual chain)."""
         for layer in self.layers:
@@ -273,8 +278,12 @@ class _GridRunner:
         return getattr(self.model, name)
 
 
-class ConnectedWindowSR(ConnectedStage):
-    """Mixin for a SwinIR-style model whose residual groups run through ``self.connection``."""
+class ConnectedWindowSR(ConnectedModel):
+    """Mixin of a connected SwinIR-style model: its residual groups run through ``self.connection``, whose
+    parameters form the layer-decay group after the last residual group."""
+
+    def connection_group_rules(self, coarse: bool) -> List[Tuple[str, Tuple[int, ...]]]:
+        return [(r'^connection\.', (99990,))]
 
     def run_block(self, index: int, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
         return _run(self.layers[index], self.grad_checkpointing and self.training, x, x_size)
@@ -283,15 +292,8 @@ class ConnectedWindowSR(ConnectedStage):
         return self.connection(x, _GridRunner(self, x_size))
 
 
-def register_window_family(name: str, model_type: type) -> type:
-    """Make ``densezoo.connect`` rewire ``model_type`` across its residual groups; returns the connected class."""
-    connected = type(f'Connected{model_type.__name__}', (ConnectedWindowSR, model_type),
-                     {'__module__': model_type.__module__,
-                      '__doc__': f'{model_type.__name__} whose residual groups run through a connection.'})
-    register_family(StageFamily(
-        name=name, model_types=(model_type,), stages=lambda model: [('body', model)],
-        connected_stages={model_type: connected}, stage_dim=lambda model: model.embed_dim, layout='NLC'))
-    return connected
+#: ``StageFamily`` arguments of the SwinIR-style families: the body (the model itself) is one stage of tokens
+WINDOW_SR_STAGES = dict(stages=model_stage('body'), stage_dim=lambda model: model.embed_dim, layout='NLC')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,10 +390,10 @@ def connected_sr_cfgs(cfgs: Mapping[str, dict], kinds: Iterable[str]) -> Dict[st
     return out
 
 
-def create_sr_model(cls: type, variant: str, pretrained: bool, defaults: Mapping[str, object],
-                    connection: str = '', connection_args: Optional[dict] = None,
-                    filter_fn: Callable = checkpoint_filter_fn, **kwargs) -> nn.Module:
-    """Build a registered SR model through timm: official defaults, user overrides, optional connection.
+def create_sr_model(cls: type, variant: str, pretrained: bool = False, filter_fn: Callable = checkpoint_filter_fn,
+                    **kwargs) -> nn.Module:
+    """Build a registered SR model of class ``cls`` through timm (``kwargs``: the configuration's arguments with the
+    user's overrides; a connected class also takes ``connection`` and ``connection_args``).
 
     ``pretrained_cfg_overlay=dict(file=...)`` loads an official or densezoo checkpoint through ``filter_fn``.
     """
@@ -410,29 +412,6 @@ def create_sr_model(cls: type, variant: str, pretrained: bool, defaults: Mapping
     def build(num_classes: int = 0, device=None, dtype=None, **args):  # timm's builder adds num_classes
         with torch.device(device) if device is not None else contextlib.nullcontext():
             model = cls(**args)
-            if connection:
-                connect(model, connection, **(connection_args or {}))
         return model.to(dtype=dtype) if dtype is not None else model
 
-    return build_model_with_cfg(build, variant, pretrained, pretrained_filter_fn=filter_fn,
-                                **{**defaults, **kwargs})
-
-
-def register_sr_models(module_name: str, cls: type, configs: Mapping[str, dict], connections: Iterable[str] = (),
-                       title: str = '', filter_fn: Callable = checkpoint_filter_fn) -> None:
-    """Register a timm entrypoint per configuration (and per connection kind) in module ``module_name``."""
-    module = sys.modules[module_name]
-    for arch, defaults in configs.items():
-        for kind in ('', *connections):
-            name = f'{arch}_{kind}' if kind else arch
-
-            def entrypoint(pretrained: bool = False, _name=name, _defaults=defaults, _kind=kind, **kwargs):
-                return create_sr_model(cls, _name, pretrained, _defaults, connection=_kind, filter_fn=filter_fn,
-                                       **kwargs)
-
-            entrypoint.__name__ = entrypoint.__qualname__ = name
-            entrypoint.__module__ = module_name
-            entrypoint.__doc__ = (f'{title or cls.__name__} {arch} (official configuration)'
-                                  + (f' with a {kind} connection across its residual groups.' if kind else '.'))
-            setattr(module, name, entrypoint)
-            register_model(entrypoint)
+    return build_model_with_cfg(build, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)

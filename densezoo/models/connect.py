@@ -2,8 +2,8 @@
 
 ``connect(model, 'dwa', dilation=2)`` keeps every block, every parameter name and every other method of the model,
 and makes each stage run its blocks through a connection module from ``densezoo.layers.connections``, stored as
-``<stage>.connection``. Families register with ``register_family`` (``ConnectedStage``) or
-``register_isotropic_family`` (``ConnectedIsotropic``).
+``<stage>.connection``; the model becomes its family's connected class (``ConnectedModel``). Families describe
+themselves with one ``StageFamily`` each, given to ``register_family``.
 
 Design notes: docs/connections.md.
 """
@@ -19,9 +19,9 @@ from timm.models import checkpoint
 
 from densezoo.layers.connections import CONNECTION_KINDS, StageConnection, create_connection
 
-__all__ = ['connect', 'register_family', 'StageFamily', 'ConnectedStage', 'ConnectedModel', 'ConnectedIsotropic',
-           'register_isotropic_family', 'run_maybe_checkpointed', 'connection_parameters', 'model_family',
-           'start_missing_connections', 'mark_connected']
+__all__ = ['connect', 'register_family', 'StageFamily', 'model_stage', 'ConnectedStage', 'ConnectedModel',
+           'ConnectedIsotropic', 'run_maybe_checkpointed', 'connection_parameters', 'model_family',
+           'start_missing_connections']
 
 _logger = logging.getLogger(__name__)
 
@@ -60,34 +60,56 @@ class ConnectedStage:
 
 @dataclass(frozen=True)
 class StageFamily:
-    """How ``connect`` finds and rewires the stages of one family of timm models.
+    """How ``connect`` finds and rewires the stages of one family of models, and what it makes of the model.
 
     Args:
         name: Family name used in messages.
-        model_types: timm model classes of the family.
-        stages: Returns ``(name, stage)`` pairs of a model, in order.
-        connected_stages: Maps each timm stage class to its connected subclass.
+        connected_models: Maps each plain model class of the family to its connected class (a ``ConnectedModel``),
+            which ``connect`` gives the model: its optimiser groups, input checks and truncation.
+        stages: Returns ``(name, stage)`` pairs of a model, in order; a stage may be the model itself.
+        connected_stages: Maps each stage class to its connected subclass (not needed for the model itself).
         stage_dim: Channel width of a stage's blocks.
         layout: Feature layout of the blocks ('NHWC', 'NLC' or 'NCHW').
         capabilities: Runner capabilities beyond ``run_block`` ('streams', 'values').
         default_options: Per-kind default options for this family (e.g. MUDD streams).
-        model_capabilities: Optional; the capabilities of one model, when they depend on its blocks (a family
-            whose models may hold blocks the runner cannot split into query/key/value inputs). Replaces
+        model_capabilities: Optional; the capabilities of one model, when they depend on its blocks. Replaces
             ``capabilities`` when given.
+        kinds: The connection kinds the family takes (None: all of ``CONNECTION_KINDS``).
+        build_connection: Optional; ``(kind, stage, options, device, dtype) -> StageConnection`` for a family
+            whose stages need their own connection classes (default: ``create_connection``).
     """
     name: str
-    model_types: Tuple[type, ...]
+    connected_models: Dict[type, type]
     stages: Callable[[nn.Module], List[Tuple[str, nn.Module]]]
-    connected_stages: Dict[type, type]
     stage_dim: Callable[[nn.Module], int]
+    connected_stages: Dict[type, type] = field(default_factory=dict)
     layout: str = 'NHWC'
     capabilities: FrozenSet[str] = frozenset()
     default_options: Dict[str, Dict[str, object]] = field(default_factory=dict)
     model_capabilities: Optional[Callable[[nn.Module], FrozenSet[str]]] = None
+    kinds: Optional[Tuple[str, ...]] = None
+    build_connection: Optional[Callable[..., StageConnection]] = None
+
+    @property
+    def model_types(self) -> Tuple[type, ...]:
+        return tuple(self.connected_models)
 
     def capabilities_of(self, model: nn.Module) -> FrozenSet[str]:
         """Runner capabilities of ``model`` beyond ``run_block``."""
         return self.model_capabilities(model) if self.model_capabilities else self.capabilities
+
+    def create(self, kind: str, stage: nn.Module, options: Dict[str, object]) -> StageConnection:
+        """The connection ``kind`` for ``stage``, on the stage's device and dtype."""
+        param = next(stage.parameters())
+        if self.build_connection is not None:
+            return self.build_connection(kind, stage, options, device=param.device, dtype=param.dtype)
+        return create_connection(kind, num_blocks=len(stage.blocks), dim=self.stage_dim(stage), layout=self.layout,
+                                 device=param.device, dtype=param.dtype, **options)
+
+
+def model_stage(name: str) -> Callable[[nn.Module], List[Tuple[str, nn.Module]]]:
+    """``StageFamily.stages`` of a family whose whole body is one stage, the model itself (named ``name``)."""
+    return lambda model: [(name, model)]
 
 
 _FAMILIES: List[StageFamily] = []
@@ -113,12 +135,26 @@ def _capability_error(kind: str, family: StageFamily, needs: str) -> ValueError:
     return ValueError(f'connection {kind!r} needs blocks that {what}; {family.name} blocks do not')
 
 
+def _connected_class(model: nn.Module, family: StageFamily) -> type:
+    if isinstance(model, ConnectedModel):
+        return type(model)
+    if type(model) in family.connected_models:
+        return family.connected_models[type(model)]
+    plain = ', '.join(t.__name__ for t in family.model_types)
+    raise ValueError(f'connect() rewires models of class {plain}, not the subclass {type(model).__name__}; '
+                     f'connect the model before subclassing, or derive from the connected class instead')
+
+
 def connect(model: nn.Module, kind: str, **options) -> nn.Module:
     """Rewire every stage of ``model`` with connection ``kind``, in place, and return the model.
 
+    The model becomes its family's connected class, the one its registered ``<name>_<kind>`` variant has: the same
+    parameters, ``no_weight_decay()``, ``group_matcher()``, input checks and truncation.
+
     Args:
-        model: A timm model of a registered family (Swin, SwinV2, ...), plain (not connected yet).
-        kind: One of ``densezoo.layers.connections.CONNECTION_KINDS``.
+        model: A model of a registered family (timm's Swin, ViT, PVT v2, RDNet, densezoo's PVT, SR models, ...),
+            plain (not connected yet).
+        kind: One of ``densezoo.layers.connections.CONNECTION_KINDS`` that the family takes.
         **options: Options of that connection (``dilation``/``period`` for ``dwa``, ``group_size`` for ``rir``,
             ...); see ``connection_options(kind)``.
 
@@ -127,8 +163,11 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
             blocks lack, or a model that is already connected. Nothing is changed when it raises.
     """
     family = _family_of(model)
-    if kind not in CONNECTION_KINDS:
-        raise ValueError(f'unknown connection kind {kind!r}; choose one of {", ".join(CONNECTION_KINDS)}')
+    allowed = family.kinds or CONNECTION_KINDS
+    if kind not in allowed:
+        what = 'unknown connection kind' if kind not in CONNECTION_KINDS else f'{family.name} takes no connection'
+        raise ValueError(f'{what} {kind!r}; choose one of {", ".join(allowed)}')
+    connected_class = _connected_class(model, family)
     stages = family.stages(model)
     already = [(name, stage) for name, stage in stages
                if isinstance(getattr(stage, 'connection', None), StageConnection)]
@@ -140,24 +179,24 @@ def connect(model: nn.Module, kind: str, **options) -> nn.Module:
 
     built = []
     for name, stage in stages:
-        param = next(stage.parameters())
         try:
-            connection = create_connection(
-                kind, num_blocks=len(stage.blocks), dim=family.stage_dim(stage), layout=family.layout,
-                device=param.device, dtype=param.dtype, **options)
+            connection = family.create(kind, stage, options)
         except ValueError as err:
             raise ValueError(f'{name}: {err}') from None
         if connection.requires and connection.requires not in capabilities:
             raise _capability_error(kind, family, connection.requires)
         built.append((stage, connection))
 
+    model.__class__ = connected_class
+    model.install_input_checks()
     for stage, connection in built:
-        stage.__class__ = family.connected_stages[type(stage)]
+        if stage is not model:
+            stage.__class__ = family.connected_stages[type(stage)]
         stage.connection = connection
-    return mark_connected(model, kind, options)
+    return _mark_connected(model, kind, options)
 
 
-def mark_connected(model: nn.Module, kind: str, options: Dict[str, object]) -> nn.Module:
+def _mark_connected(model: nn.Module, kind: str, options: Dict[str, object]) -> nn.Module:
     """Record ``kind`` and ``options`` on a model whose stages were just connected, and make checkpoints without
     connection entries load into it (``start_missing_connections``); returns the model."""
     model.connection_kind = kind
@@ -203,11 +242,21 @@ def start_missing_connections(module, state_dict, prefix, local_metadata, strict
 
 
 class ConnectedModel:
-    """Mixin for the registered connected model classes: connection-aware optimiser grouping.
+    """Mixin of every connected model class: construction through ``connect``, and the model-level contract.
 
-    Connection parameters of ``layers.<s>`` join the layer-decay group right after that stage's blocks, and the
-    mixing coefficients that weight decay would pull away from their initial values are excluded from it.
+    ``Connected<Model>(connection='dwa', connection_args=None, **kwargs)`` builds the plain model from ``kwargs``
+    and connects it. Connection parameters join the layer-decay group right after their stage's blocks
+    (``connection_group_rules``), and the mixing coefficients that weight decay would pull away from their initial
+    values are excluded from it. ``install_input_checks`` adds the family's one-line input errors. MRO: put the
+    mixin before the plain model class.
     """
+
+    def __init__(self, connection: str = 'dwa', connection_args: Optional[Dict[str, object]] = None, **kwargs):
+        super().__init__(**kwargs)
+        connect(self, connection, **(connection_args or {}))
+
+    def install_input_checks(self) -> None:
+        """Add the checks that give inputs the model cannot take a one-line ``ValueError`` (called by ``connect``)."""
 
     def connection_group_rules(self, coarse: bool) -> List[Tuple[str, Tuple[int, ...]]]:
         """``group_matcher`` rules (regex, ordinal) that place connection parameters after their stage's blocks."""
@@ -215,10 +264,11 @@ class ConnectedModel:
 
     @torch.jit.ignore
     def no_weight_decay(self):
-        names = set(super().no_weight_decay())
+        plain = getattr(super(), 'no_weight_decay', None)
+        names = set(plain()) if plain is not None else set()
         for module_name, module in self.named_modules():
             if isinstance(module, StageConnection):
-                names.update(f'{module_name}.{n}' for n in module.no_weight_decay_names())
+                names.update(f'{module_name}.{n}' if module_name else n for n in module.no_weight_decay_names())
         return names
 
     @torch.jit.ignore
@@ -229,6 +279,9 @@ class ConnectedModel:
             blocks = matcher['blocks']
             matcher['blocks'] = [*rules, *([(blocks, None)] if isinstance(blocks, str) else blocks)]
         return matcher
+
+    def __prepare_scriptable__(self):
+        _refuse_torchscript()
 
 
 class ConnectedIsotropic(ConnectedModel):
@@ -283,27 +336,3 @@ class ConnectedIsotropic(ConnectedModel):
         if len(self.blocks) != self.connection.num_blocks:
             self.connection = self.connection.truncated(len(self.blocks))
         return take_indices
-
-    def __prepare_scriptable__(self):
-        _refuse_torchscript()
-
-
-def register_isotropic_family(
-        name: str,
-        model_type: type,
-        connected_type: type,
-        capabilities: FrozenSet[str] = frozenset(),
-        default_options: Optional[Dict[str, Dict[str, object]]] = None,
-        model_capabilities: Optional[Callable[[nn.Module], FrozenSet[str]]] = None,
-) -> StageFamily:
-    """Make ``connect`` rewire models of ``model_type`` across all their blocks (``model.blocks``, layout 'NLC').
-
-    ``connected_type`` (a subclass of ``ConnectedIsotropic`` and ``model_type``) replaces the class of a plain
-    model when it is connected; a ``connected_type`` may also call ``connect(self, ...)`` in its own ``__init__``.
-    The stage is named ``'blocks'`` in messages; its width is ``model.embed_dim``.
-    """
-    return register_family(StageFamily(
-        name=name, model_types=(model_type,), stages=lambda model: [('blocks', model)],
-        connected_stages={model_type: connected_type, connected_type: connected_type},
-        stage_dim=lambda model: model.embed_dim, layout='NLC', capabilities=frozenset(capabilities),
-        default_options=dict(default_options or {}), model_capabilities=model_capabilities))

@@ -15,8 +15,10 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from densezoo.layers.window_attention import SwinIRBlock, fast_linear
-from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, register_sr_models,
-                                 register_window_family, sr_cfg)
+from densezoo.models._common import register_models
+from densezoo.models._sr import (WINDOW_SR_STAGES, ConnectedWindowSR, WindowSRTransformer,
+                                 check_pixelshuffle_only, connected_sr_cfgs, create_sr_model, sr_cfg)
+from densezoo.models.connect import StageFamily, register_family
 
 __all__ = ['DRCT', 'RDG']
 
@@ -106,7 +108,13 @@ class DRCT(WindowSRTransformer):
         self.finish()
 
 
-ConnectedDRCT = register_window_family('DRCT', DRCT)
+class ConnectedDRCT(ConnectedWindowSR, DRCT):
+    """DRCT whose residual groups run through a connection (``connection``, ``connection_args``, then ``DRCT``'s
+    arguments)."""
+
+
+register_family(StageFamily(name='DRCT', connected_models={DRCT: ConnectedDRCT}, **WINDOW_SR_STAGES))
+
 
 _SOURCE = 'https://github.com/ming053l/DRCT'
 _PAPER = ('arXiv:2404.00722',)
@@ -129,6 +137,20 @@ def _release_cfgs() -> dict:
     return cfgs
 
 
-CONNECTED = ('dwa', 'mudd')
-default_cfgs = generate_default_cfgs({**_release_cfgs(), **connected_sr_cfgs(_release_cfgs(), CONNECTED)})
-register_sr_models(__name__, DRCT, CONFIGS, CONNECTED, 'DRCT')
+#: registered connection -> options of the registered variants
+CONNECTIONS = {'dwa': {}, 'mudd': {}}
+
+
+def _create_drct(variant: str, pretrained: bool = False, **kwargs) -> DRCT:
+    return create_sr_model(ConnectedDRCT if 'connection' in kwargs else DRCT, variant, pretrained, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({**_release_cfgs(), **connected_sr_cfgs(_release_cfgs(), CONNECTIONS)})
+register_models(__name__, _create_drct, [
+    'drct_x2', 'drct_x2_dwa', 'drct_x2_mudd',
+    'drct_x3', 'drct_x3_dwa', 'drct_x3_mudd',
+    'drct_x4', 'drct_x4_dwa', 'drct_x4_mudd',
+    'drct_l_x2', 'drct_l_x2_dwa', 'drct_l_x2_mudd',
+    'drct_l_x3', 'drct_l_x3_dwa', 'drct_l_x3_mudd',
+    'drct_l_x4', 'drct_l_x4_dwa', 'drct_l_x4_mudd',
+], CONFIGS, CONNECTIONS, title='DRCT')

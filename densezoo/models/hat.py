@@ -20,8 +20,11 @@ from densezoo.layers.channel_attention import ChannelAttention
 from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, fast_linear, gather_position_bias,
                                               relative_position_index, window_attention, window_merge,
                                               window_partition)
-from densezoo.models._sr import (WindowSRTransformer, check_pixelshuffle_only, connected_sr_cfgs, map_to_tokens,
-                                 register_sr_models, register_window_family, residual_conv, sr_cfg, tokens_to_map)
+from densezoo.models._common import register_models
+from densezoo.models._sr import (WINDOW_SR_STAGES, ConnectedWindowSR, WindowSRTransformer,
+                                 check_pixelshuffle_only, connected_sr_cfgs, create_sr_model, map_to_tokens,
+                                 residual_conv, sr_cfg, tokens_to_map)
+from densezoo.models.connect import StageFamily, register_family
 
 __all__ = ['HAT', 'RHAG', 'HATLayer', 'HAB', 'OCAB', 'CAB', 'overlap_position_index']
 
@@ -247,7 +250,12 @@ class HAT(WindowSRTransformer):
         self.finish()
 
 
-ConnectedHAT = register_window_family('HAT', HAT)
+class ConnectedHAT(ConnectedWindowSR, HAT):
+    """HAT whose residual groups run through a connection (``connection``, ``connection_args``, then ``HAT``'s
+    arguments)."""
+
+
+register_family(StageFamily(name='HAT', connected_models={HAT: ConnectedHAT}, **WINDOW_SR_STAGES))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,7 +304,23 @@ def _release_cfgs() -> dict:
     return cfgs
 
 
-CONNECTED = ('dwa', 'mudd')
+#: registered connection -> options of the registered variants
+CONNECTIONS = {'dwa': {}, 'mudd': {}}
 
-default_cfgs = generate_default_cfgs({**_release_cfgs(), **connected_sr_cfgs(_release_cfgs(), CONNECTED)})
-register_sr_models(__name__, HAT, CONFIGS, CONNECTED, 'HAT')
+
+def _create_hat(variant: str, pretrained: bool = False, **kwargs) -> HAT:
+    return create_sr_model(ConnectedHAT if 'connection' in kwargs else HAT, variant, pretrained, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({**_release_cfgs(), **connected_sr_cfgs(_release_cfgs(), CONNECTIONS)})
+register_models(__name__, _create_hat, [
+    'hat_s_x2', 'hat_s_x2_dwa', 'hat_s_x2_mudd',
+    'hat_s_x3', 'hat_s_x3_dwa', 'hat_s_x3_mudd',
+    'hat_s_x4', 'hat_s_x4_dwa', 'hat_s_x4_mudd',
+    'hat_x2', 'hat_x2_dwa', 'hat_x2_mudd',
+    'hat_x3', 'hat_x3_dwa', 'hat_x3_mudd',
+    'hat_x4', 'hat_x4_dwa', 'hat_x4_mudd',
+    'hat_l_x2', 'hat_l_x2_dwa', 'hat_l_x2_mudd',
+    'hat_l_x3', 'hat_l_x3_dwa', 'hat_l_x3_mudd',
+    'hat_l_x4', 'hat_l_x4_dwa', 'hat_l_x4_mudd',
+], CONFIGS, CONNECTIONS, title='HAT')

@@ -19,12 +19,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (DropPath, LayerNorm, LayerScale, Mlp, PatchEmbed, calculate_drop_path_rates, get_act_layer,
                          get_device_dtype, get_norm_layer, resample_abs_pos_embed, resample_patch_embed, trunc_normal_,
                          use_fused_attn)
-from timm.models import build_model_with_cfg, generate_default_cfgs, named_apply, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, named_apply, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from timm.models.vision_transformer import Block, get_init_weights_vit
 
-from densezoo.models._common import check_image_input, register_connected, update_model_args, update_model_input_size
-from densezoo.models.connect import ConnectedIsotropic, connect, register_isotropic_family, run_maybe_checkpointed
+from densezoo.models._common import check_image_input, register_models, update_model_args, update_model_input_size
+from densezoo.models.connect import (ConnectedIsotropic, StageFamily, model_stage, register_family,
+                                     run_maybe_checkpointed)
 
 __all__ = ['LookupViT', 'LookupViTBlock', 'BidirectionalCrossAttention', 'ConnectedLookupViT', 'compress_tokens',
            'checkpoint_filter_fn']
@@ -520,15 +521,14 @@ class ConnectedLookupViT(ConnectedIsotropic, LookupViT):
 
     The connection sees the token tensor [compressed; lookup] (B, M + N, D) between blocks: ``dwa`` mixes both token
     sets with the same coefficients, ``mudd`` per token. ``forward_intermediates`` returns, after block i, the
-    lookup tokens the connection passes on to block i + 1.
+    lookup tokens the connection passes on to block i + 1. Its input check is the plain model's (set up in
+    ``LookupViT.__init__``).
     """
 
-    def __init__(self, connection: str = 'dwa', connection_args: Optional[Dict[str, object]] = None, **kwargs):
-        super().__init__(**kwargs)
-        connect(self, connection, **(connection_args or {}))
 
-
-register_isotropic_family('LookupViT', LookupViT, ConnectedLookupViT)
+register_family(StageFamily(
+    name='LookupViT', connected_models={LookupViT: ConnectedLookupViT}, stages=model_stage('blocks'),
+    stage_dim=lambda model: model.embed_dim, layout='NLC'))
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -615,22 +615,10 @@ default_cfgs = generate_default_cfgs({
     **{f'{arch}_{kind}.untrained': _cfg() for arch in CONNECTED_ARCHS for kind in CONNECTIONS},
 })
 
-
-def _entrypoint(arch: str):
-    def entrypoint(pretrained: bool = False, **kwargs) -> LookupViT:
-        return _create_lookupvit(arch, pretrained=pretrained, **dict(ARCHS[arch], **kwargs))
-    grid = ARCHS[arch]['compressed_grid']
-    entrypoint.__name__ = entrypoint.__qualname__ = arch
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (f'LookupViT with {arch.split("_")[1]} ViT width and a {grid}x{grid} compressed grid '
-                          f'(patch 16, 224x224).')
-    globals()[arch] = entrypoint
-    return register_model(entrypoint)
-
-
-for _arch in ARCHS:
-    _entrypoint(_arch)
-for _arch in CONNECTED_ARCHS:
-    for _kind, _options in CONNECTIONS.items():
-        register_connected(__name__, _arch, _kind, ARCHS[_arch], _options, _create_lookupvit).__doc__ = (
-            f'{_arch} with a {_kind!r} connection across its blocks (on the compressed and lookup tokens together).')
+register_models(__name__, _create_lookupvit, [
+    'lookupvit_tiny_patch16_224', 'lookupvit_small_patch16_224', 'lookupvit_base_patch16_224',
+    'lookupvit_base_patch16_224_c3', 'lookupvit_base_patch16_224_c7', 'lookupvit_base_patch16_224_c10',
+    'lookupvit_tiny_patch16_224_dwa', 'lookupvit_tiny_patch16_224_mudd',
+    'lookupvit_small_patch16_224_dwa', 'lookupvit_small_patch16_224_mudd',
+    'lookupvit_base_patch16_224_dwa', 'lookupvit_base_patch16_224_mudd',
+], ARCHS, CONNECTIONS, title='LookupViT')

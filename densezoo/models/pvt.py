@@ -1,10 +1,10 @@
-"""Pyramid Vision Transformer: PVT v1 and PVT v2 with block connections.
+"""Pyramid Vision Transformer (PVT v1) with block connections.
 
-PVT v2 (``pvt_v2_b0`` ... ``pvt_v2_b5``, ``pvt_v2_b2_li``) is timm's ``PyramidVisionTransformerV2`` with every stage
-rewired by ``densezoo.connect``; PVT v1 (``pvt_tiny`` ... ``pvt_large``, not in timm) is ``PyramidVisionTransformer``.
-Connected variants add the connection to the name (``pvt_v2_b2_dwa``, ``pvt_tiny_dwa``, ...).
+``PyramidVisionTransformer`` is the official PVT v1 classification model (``pvt_tiny`` ... ``pvt_large``, not in
+timm), laid out like timm's PVT v2; ``ConnectedPyramidVisionTransformer`` has every stage rewired by
+``densezoo.connect`` (``pvt_tiny_dwa``, ...). PVT v2's connected variants are in ``densezoo.models.pvtv2``.
 
-Papers: PVT (https://arxiv.org/abs/2102.12122), PVT v2 (https://arxiv.org/abs/2106.13797).
+Paper: PVT (https://arxiv.org/abs/2102.12122).
 Official code and weights: https://github.com/whai362/PVT (Apache 2.0).
 Design notes: docs/backbones.md.
 """
@@ -14,130 +14,27 @@ from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (DropPath, LayerNorm, Mlp, PatchEmbed, calculate_drop_path_rates, get_device_dtype,
                          resample_abs_pos_embed, to_2tuple, trunc_normal_)
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
-from timm.models.pvt_v2 import (Attention, MlpWithDepthwiseConv, PyramidVisionTransformerStage,
-                                PyramidVisionTransformerV2)
-from timm.models.pvt_v2 import checkpoint_filter_fn as _pvt_v2_filter
+from timm.models.pvt_v2 import Attention
 
 from densezoo.layers.connections import StageConnection
-from densezoo.models._common import check_image_batch, connected_cfgs, is_tracing, register_connected
-from densezoo.models.connect import ConnectedModel, ConnectedStage, StageFamily, connect, register_family
+from densezoo.models._common import check_image_batch, is_tracing, register_models
+from densezoo.models.connect import ConnectedModel, ConnectedStage, StageFamily, register_family
+from densezoo.models.split_streams import pvt_block_streams
 
-__all__ = ['PyramidVisionTransformer', 'ConnectedPyramidVisionTransformer', 'ConnectedPyramidVisionTransformerV2',
-           'PvtBlock', 'PvtStage', 'spatial_reduction_attention', 'block_streams', 'checkpoint_filter_fn']
+__all__ = ['PyramidVisionTransformer', 'ConnectedPyramidVisionTransformer', 'PvtBlock', 'PvtStage',
+           'ConnectedTokenStage', 'TokenStageRunner', 'ConnectedPvtModel', 'check_checkpoint_fits', 'renamed_entries',
+           'checkpoint_filter_fn']
 
 # the position embeddings are resized inside the graph: keep the call a leaf when FX traces this module
 torch.fx.wrap('resample_abs_pos_embed')
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# attention and blocks on separate query / key / value / residual streams (PVT v1 and v2)
-
-def _key_value_tokens(attn: Attention, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
-    """The tokens ``attn`` projects to keys and values: x after spatial reduction (strided conv + norm, or for
-    linear SRA pool + 1x1 conv + norm + GELU), or x itself when the stage does not reduce."""
-    if attn.sr is None:
-        return x
-    B, N, C = x.shape
-    x = x.permute(0, 2, 1).reshape(B, C, feat_size[0], feat_size[1])
-    if attn.pool is not None:
-        x = attn.pool(x)
-    x = attn.norm(attn.sr(x).reshape(B, C, -1).permute(0, 2, 1))
-    return x if attn.act is None else attn.act(x)
-
-
-def spatial_reduction_attention(
-        attn: Attention,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        feat_size: Tuple[int, int],
-) -> torch.Tensor:
-    """timm's PVT ``Attention`` with separate (normalised) query, key and value inputs of shape (B, N, C).
-
-    Queries come from ``q``; keys from ``k`` and values from ``v``, each reduced by the attention's own spatial
-    reduction and projected by its half of the ``kv`` weight. With q = k = v this is ``attn(q, feat_size)``.
-    """
-    B, N, C = q.shape
-    kv_weight, kv_bias = attn.kv.weight, attn.kv.bias
-    k = F.linear(_key_value_tokens(attn, k, feat_size), kv_weight[:C], None if kv_bias is None else kv_bias[:C])
-    v = F.linear(_key_value_tokens(attn, v, feat_size), kv_weight[C:], None if kv_bias is None else kv_bias[C:])
-    q = attn.q(q).reshape(B, N, attn.num_heads, -1).permute(0, 2, 1, 3)
-    k = k.reshape(B, -1, attn.num_heads, attn.head_dim).permute(0, 2, 1, 3)
-    v = v.reshape(B, -1, attn.num_heads, attn.head_dim).permute(0, 2, 1, 3)
-    if attn.fused_attn:
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.)
-    else:
-        scores = (q * attn.scale) @ k.transpose(-2, -1)
-        x = attn.attn_drop(scores.softmax(dim=-1)) @ v
-    x = x.transpose(1, 2).reshape(B, N, C)
-    return attn.proj_drop(attn.proj(x))
-
-
-def block_streams(
-        block: nn.Module,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        r: torch.Tensor,
-        feat_size: Tuple[int, int],
-) -> torch.Tensor:
-    """A PVT block (timm's PVT v2 ``Block`` or ``PvtBlock``) on MUDD's four input streams.
-
-    The query, key and value streams each pass ``norm1`` into their part of the attention, the residual stream
-    receives the attention output, and the MLP follows as in the block: h = r + Attn(q, k, v), out = h + MLP(h).
-    With q = k = v = r this is ``block(r, feat_size)``.
-    """
-    norm = block.norm1
-    x = r + block.drop_path1(spatial_reduction_attention(block.attn, norm(q), norm(k), norm(v), feat_size))
-    hidden = block.norm2(x)
-    if isinstance(block.mlp, MlpWithDepthwiseConv):
-        hidden = block.mlp(hidden, feat_size)
-    else:
-        hidden = block.mlp(hidden)
-    return x + block.drop_path2(hidden)
-
-
-class _StageRunner:
-    """The connections' runner for a PVT stage: runs its blocks on tokens of one feature-map size.
-
-    Blocks are recomputed in the backward pass when the stage uses gradient checkpointing.
-    """
-
-    def __init__(self, stage: nn.Module, feat_size: Tuple[int, int]):
-        self.stage = stage
-        self.feat_size = feat_size
-
-    def _run(self, fn: Callable, *args: torch.Tensor) -> torch.Tensor:
-        if self.stage.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(fn, *args, self.feat_size)
-        return fn(*args, self.feat_size)
-
-    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Run block ``index`` on tokens ``x``."""
-        return self._run(self.stage.blocks[index], x)
-
-    def run_block_streams(self, index: int, q, k, v, r) -> torch.Tensor:
-        """Run block ``index`` on separate query, key, value and residual streams (see ``block_streams``)."""
-        return self._run(partial(block_streams, self.stage.blocks[index]), q, k, v, r)
-
-
-class _ConnectedTokenStage(ConnectedStage):
-    """Mixin for PVT stages whose blocks run through ``self.connection`` on (B, N, C) tokens."""
-
-    def run_connected_tokens(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
-        return self.connection(x, _StageRunner(self, feat_size))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# PVT v1
 
 class PvtBlock(nn.Module):
     """PVT v1 block: pre-norm spatial-reduction attention (timm's PVT v2 ``Attention``) and a plain MLP."""
@@ -517,24 +414,64 @@ def _group_matcher(coarse: bool) -> Dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# connected stages and models
+# connected stages and model (the token-stage runner and the model mixin serve PVT v2 as well)
 
-class ConnectedPvtV2Stage(_ConnectedTokenStage, PyramidVisionTransformerStage):
-    """timm PVT v2 stage (downsample, blocks, norm) whose blocks run through ``self.connection``."""
+class TokenStageRunner:
+    """The connections' runner for a PVT stage: runs its blocks on tokens of one feature-map size.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsample is not None:
-            x = self.downsample(x)  # NCHW -> NHWC
-        B, H, W, C = x.shape
-        x = self.norm(self.run_connected_tokens(x.reshape(B, -1, C), (H, W)))
-        return x.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+    Blocks are recomputed in the backward pass when the stage uses gradient checkpointing.
+    """
+
+    def __init__(self, stage: nn.Module, feat_size: Tuple[int, int]):
+        self.stage = stage
+        self.feat_size = feat_size
+
+    def _run(self, fn: Callable, *args: torch.Tensor) -> torch.Tensor:
+        if self.stage.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(fn, *args, self.feat_size)
+        return fn(*args, self.feat_size)
+
+    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Run block ``index`` on tokens ``x``."""
+        return self._run(self.stage.blocks[index], x)
+
+    def run_block_streams(self, index: int, q, k, v, r) -> torch.Tensor:
+        """Run block ``index`` on separate query, key, value and residual streams (see ``pvt_block_streams``)."""
+        return self._run(partial(pvt_block_streams, self.stage.blocks[index]), q, k, v, r)
 
 
-class ConnectedPvtStage(_ConnectedTokenStage, PvtStage):
+class ConnectedTokenStage(ConnectedStage):
+    """Mixin for PVT stages whose blocks run through ``self.connection`` on (B, N, C) tokens."""
+
+    def run_connected_tokens(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        return self.connection(x, TokenStageRunner(self, feat_size))
+
+
+class ConnectedPvtStage(ConnectedTokenStage, PvtStage):
     """PVT v1 stage whose blocks run through ``self.connection``."""
 
     def forward_blocks(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
         return self.run_connected_tokens(x, feat_size)
+
+
+class ConnectedPvtModel(ConnectedModel):
+    """Connection-aware optimiser grouping for PVT's ``stages.<i>`` layout."""
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return _group_matcher(coarse)
+
+
+class ConnectedPyramidVisionTransformer(ConnectedPvtModel, PyramidVisionTransformer):
+    """PVT v1 whose stages use a block connection.
+
+    Args:
+        connection: Connection kind (``'dwa'``, ``'mudd'``, ``'rir'``, ``'dense'``, ...).
+        connection_args: Options of the connection (see ``densezoo.connection_options``).
+        **kwargs: ``PyramidVisionTransformer`` arguments; unknown ones raise ``TypeError``.
+
+    The plain model checks its input in ``forward_features``; no other check is added.
+    """
 
 
 def _pvt_stages(model: nn.Module):
@@ -545,61 +482,12 @@ def _stage_dim(stage: nn.Module) -> int:
     return stage.blocks[0].attn.dim
 
 
-_FAMILY_ARGS = dict(stages=_pvt_stages, stage_dim=_stage_dim, layout='NLC', capabilities=frozenset({'streams'}),
-                    default_options={'mudd': dict(num_streams=4)})
-register_family(StageFamily(name='PVTv2', model_types=(PyramidVisionTransformerV2,),
-                            connected_stages={PyramidVisionTransformerStage: ConnectedPvtV2Stage}, **_FAMILY_ARGS))
-register_family(StageFamily(name='PVT', model_types=(PyramidVisionTransformer,),
-                            connected_stages={PvtStage: ConnectedPvtStage}, **_FAMILY_ARGS))
-
-
-class _ConnectedPvtModel(ConnectedModel):
-    """Connection-aware optimiser grouping for PVT's ``stages.<i>`` layout."""
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return _group_matcher(coarse)
-
-
-def _check_v2_input(patch_embed: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
-    """Forward pre-hook of PVT v2's patch embedding: a one-line ``ValueError`` for inputs it cannot take."""
-    if not is_tracing(args[0]):
-        check_image_batch(args[0], patch_embed.proj.in_channels)
-
-
-class ConnectedPyramidVisionTransformerV2(_ConnectedPvtModel, PyramidVisionTransformerV2):
-    """timm ``PyramidVisionTransformerV2`` whose stages use a block connection.
-
-    Args:
-        connection: Connection kind (``'dwa'``, ``'mudd'``, ``'rir'``, ``'dense'``, ...).
-        connection_args: Options of the connection (see ``densezoo.connection_options``).
-        **kwargs: ``PyramidVisionTransformerV2`` arguments; unknown ones raise ``TypeError``.
-    """
-
-    def __init__(self, connection: str = 'dwa', connection_args: Optional[Dict[str, object]] = None, **kwargs):
-        super().__init__(**kwargs)
-        connect(self, connection, **(connection_args or {}))
-        self.patch_embed.register_forward_pre_hook(_check_v2_input)
-
-    def init_weights(self) -> None:
-        """timm's initialisation (e.g. after ``to_empty()``): its linear and conv init, unit norms, identity
-        connections."""
-        for module in self.modules():
-            if isinstance(module, (nn.LayerNorm, StageConnection)):
-                module.reset_parameters()
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if not any(p.is_meta for p in module.parameters(recurse=False)):  # meta tensors hold no values to set
-            super()._init_weights(module)
-
-
-class ConnectedPyramidVisionTransformer(_ConnectedPvtModel, PyramidVisionTransformer):
-    """PVT v1 whose stages use a block connection (arguments as ``ConnectedPyramidVisionTransformerV2``)."""
-
-    def __init__(self, connection: str = 'dwa', connection_args: Optional[Dict[str, object]] = None, **kwargs):
-        super().__init__(**kwargs)
-        connect(self, connection, **(connection_args or {}))
+#: family description shared by PVT v1 and v2: stages ``stages.<i>`` of (B, N, C) tokens, MUDD with four streams
+PVT_FAMILY_ARGS = dict(stages=_pvt_stages, stage_dim=_stage_dim, layout='NLC', capabilities=frozenset({'streams'}),
+                       default_options={'mudd': dict(num_streams=4)})
+register_family(StageFamily(
+    name='PVT', connected_models={PyramidVisionTransformer: ConnectedPyramidVisionTransformer},
+    connected_stages={PvtStage: ConnectedPvtStage}, **PVT_FAMILY_ARGS))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -614,12 +502,7 @@ def _official_v1_key(key: str, last_stage: int) -> str:
     return f'stages.{last_stage}.cls_token' if key == 'cls_token' else key
 
 
-def _official_v2_key(key: str) -> str:
-    """timm name of an official PVT v2 checkpoint key, by timm's own filter (timm names are kept)."""
-    return next(iter(_pvt_v2_filter({key: None}, None)))
-
-
-def _check_fits(state_dict: Dict[str, torch.Tensor], origin: Dict[str, str], model: nn.Module) -> None:
+def check_checkpoint_fits(state_dict: Dict[str, torch.Tensor], origin: Dict[str, str], model: nn.Module) -> None:
     """One-line ``ValueError`` naming the first checkpoint entry that does not fit ``model``.
 
     The classifier and the input channels of the first convolution are left to timm's loader, which replaces
@@ -645,29 +528,31 @@ def _check_fits(state_dict: Dict[str, torch.Tensor], origin: Dict[str, str], mod
         raise ValueError(f'the checkpoint has no entry for {missing[0]!r} ({len(missing)} missing); {hint}')
 
 
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """Map official PVT v1 / v2, timm and densezoo checkpoints onto ``model`` (PVT v1 or v2, plain or connected).
-
-    Unwraps 'model' / 'state_dict', renames official keys, resizes PVT v1 position embeddings stored for another
-    input size, and raises a one-line ``ValueError`` naming the first entry that does not fit the model.
-    """
+def renamed_entries(state_dict: dict, rename: Callable[[str], str]) -> Tuple[dict, Dict[str, str]]:
+    """The entries of a checkpoint (unwrapped from 'model' / 'state_dict') under ``rename``d keys, and each new
+    key's original name."""
     state_dict = state_dict.get('model', state_dict)
     state_dict = state_dict.get('state_dict', state_dict)
-    if isinstance(model, PyramidVisionTransformer):
-        rename = partial(_official_v1_key, last_stage=len(model.feature_info) - 1)
-    else:
-        rename = _official_v2_key
     out, origin = {}, {}
     for key, value in state_dict.items():
         new_key = rename(key)
         out[new_key], origin[new_key] = value, key
-    if isinstance(model, PyramidVisionTransformer):
-        for i, stage in enumerate(model.stages):
-            key = f'stages.{i}.pos_embed'
-            pos_embed = out.get(key)
-            if pos_embed is not None and pos_embed.dim() == 3 and pos_embed.shape != stage.pos_embed.shape:
-                out[key] = _resize_stored_pos_embed(pos_embed, stage)
-    _check_fits(out, origin, model)
+    return out, origin
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """Map official PVT v1 and densezoo checkpoints onto ``model`` (PVT v1, plain or connected).
+
+    Unwraps 'model' / 'state_dict', renames official keys, resizes position embeddings stored for another input
+    size, and raises a one-line ``ValueError`` naming the first entry that does not fit the model.
+    """
+    out, origin = renamed_entries(state_dict, partial(_official_v1_key, last_stage=len(model.feature_info) - 1))
+    for i, stage in enumerate(model.stages):
+        key = f'stages.{i}.pos_embed'
+        pos_embed = out.get(key)
+        if pos_embed is not None and pos_embed.dim() == 3 and pos_embed.shape != stage.pos_embed.shape:
+            out[key] = _resize_stored_pos_embed(pos_embed, stage)
+    check_checkpoint_fits(out, origin, model)
     return out
 
 
@@ -682,7 +567,7 @@ def _resize_stored_pos_embed(pos_embed: torch.Tensor, stage: PvtStage) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# registration
+# configurations and registration
 
 def _create_pvt(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     model_cls = ConnectedPyramidVisionTransformer if 'connection' in kwargs else PyramidVisionTransformer
@@ -691,15 +576,6 @@ def _create_pvt(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
         model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
-
-
-def _create_pvt_v2(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (3, 4, 6, 3))))))
-    return build_model_with_cfg(
-        ConnectedPyramidVisionTransformerV2, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs)
 
 
@@ -718,9 +594,10 @@ def _cfg(url: str = '', **kwargs) -> dict:
 _RELEASE = 'https://github.com/whai362/PVT/releases/download/v2/'
 _PVT = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8., 8., 4., 4.),
             sr_ratios=(8, 4, 2, 1))
-_PVT_V2 = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8))
 
-#: PVT v1 architecture -> its arguments (as the official entrypoints)
+#: PVT v1 architecture -> its arguments (as the official entrypoints). Parameters (official README / counted):
+#: pvt_tiny 13.2M (13,229,288), pvt_small 24.5M (24,485,864), pvt_medium 44.2M (44,208,104),
+#: pvt_large 61.4M (61,369,320)
 PVT_ARCHS = {
     'pvt_tiny': dict(depths=(2, 2, 2, 2), **_PVT),
     'pvt_small': dict(depths=(3, 4, 6, 3), **_PVT),
@@ -728,66 +605,36 @@ PVT_ARCHS = {
     'pvt_large': dict(depths=(3, 8, 27, 3), **_PVT),
 }
 
-#: timm PVT v2 base architecture -> its arguments (as in timm's entrypoints)
-PVT_V2_ARCHS = {
-    'pvt_v2_b0': dict(depths=(2, 2, 2, 2), embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8)),
-    'pvt_v2_b1': dict(depths=(2, 2, 2, 2), **_PVT_V2),
-    'pvt_v2_b2': dict(depths=(3, 4, 6, 3), **_PVT_V2),
-    'pvt_v2_b3': dict(depths=(3, 4, 18, 3), **_PVT_V2),
-    'pvt_v2_b4': dict(depths=(3, 8, 27, 3), **_PVT_V2),
-    'pvt_v2_b5': dict(depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4), **_PVT_V2),
-    'pvt_v2_b2_li': dict(depths=(3, 4, 6, 3), linear=True, **_PVT_V2),
-}
 
-#: registered connections
-CONNECTIONS = ('dwa', 'mudd', 'rir', 'dense')
+def _rir_options(arch_args: Dict[str, object]) -> Dict[str, object]:
+    """Registered ``rir`` options: groups of gcd(depths) blocks (the largest size that divides every stage) and a
+    skip over each stage."""
+    return dict(group_size=math.gcd(*arch_args['depths']), long_skip=True)
 
 
-def registered_connection_args(kind: str, depths: Tuple[int, ...]) -> Dict[str, object]:
-    """Options of the registered ``kind`` variant of a PVT with ``depths`` (mudd's 4 streams are the family's
-    default)."""
-    if kind == 'rir':
-        return dict(group_size=math.gcd(*depths), long_skip=True)
-    if kind == 'dense':
-        return dict(growth=32)
-    return {}
+#: registered connection -> options of the registered variants, for PVT v1 and v2 (mudd's four streams are the
+#: family default)
+CONNECTIONS = {'dwa': {}, 'mudd': {}, 'rir': _rir_options, 'dense': dict(growth=32)}
 
 
-default_cfgs = generate_default_cfgs({
-    **{f'{arch}.in1k': _cfg(url=f'{_RELEASE}{arch}.pth') for arch in PVT_ARCHS},
-    **connected_cfgs(PVT_V2_ARCHS, CONNECTIONS),
-})
+def _connected_cfgs(plain_cfgs: Dict[str, dict]) -> Dict[str, dict]:
+    """Pretrained cfgs of the connected variants ``<arch>_<kind>``: the plain architecture's, with a note."""
+    cfgs = {}
+    for name, cfg in plain_cfgs.items():
+        arch, tag = name.split('.')
+        for kind in CONNECTIONS:
+            note = f'Blocks from timm {name}; the {kind} connection starts at its initial values.'
+            cfgs[f'{arch}_{kind}.{tag}'] = {**cfg, 'notes': (note,)}
+    return cfgs
 
 
-@register_model
-def pvt_tiny(pretrained: bool = False, **kwargs) -> PyramidVisionTransformer:
-    """PVT-Tiny (13.2M parameters)."""
-    return _create_pvt('pvt_tiny', pretrained=pretrained, **dict(PVT_ARCHS['pvt_tiny'], **kwargs))
+_PLAIN_CFGS = {f'{arch}.in1k': _cfg(url=f'{_RELEASE}{arch}.pth') for arch in PVT_ARCHS}
+default_cfgs = generate_default_cfgs({**_PLAIN_CFGS, **_connected_cfgs(_PLAIN_CFGS)})
 
-
-@register_model
-def pvt_small(pretrained: bool = False, **kwargs) -> PyramidVisionTransformer:
-    """PVT-Small (24.5M parameters)."""
-    return _create_pvt('pvt_small', pretrained=pretrained, **dict(PVT_ARCHS['pvt_small'], **kwargs))
-
-
-@register_model
-def pvt_medium(pretrained: bool = False, **kwargs) -> PyramidVisionTransformer:
-    """PVT-Medium (44.2M parameters)."""
-    return _create_pvt('pvt_medium', pretrained=pretrained, **dict(PVT_ARCHS['pvt_medium'], **kwargs))
-
-
-@register_model
-def pvt_large(pretrained: bool = False, **kwargs) -> PyramidVisionTransformer:
-    """PVT-Large (61.4M parameters)."""
-    return _create_pvt('pvt_large', pretrained=pretrained, **dict(PVT_ARCHS['pvt_large'], **kwargs))
-
-
-# connected PVT v1 cfgs derive from the plain ones registered just above
-default_cfgs.update(generate_default_cfgs(connected_cfgs(PVT_ARCHS, CONNECTIONS)))
-
-for _archs, _create in ((PVT_V2_ARCHS, _create_pvt_v2), (PVT_ARCHS, _create_pvt)):
-    for _arch, _args in _archs.items():
-        for _kind in CONNECTIONS:
-            _options = registered_connection_args(_kind, _args['depths'])
-            register_connected(__name__, _arch, _kind, _args, _options, _create)
+register_models(__name__, _create_pvt, [
+    'pvt_tiny', 'pvt_small', 'pvt_medium', 'pvt_large',
+    'pvt_tiny_dwa', 'pvt_tiny_mudd', 'pvt_tiny_rir', 'pvt_tiny_dense',
+    'pvt_small_dwa', 'pvt_small_mudd', 'pvt_small_rir', 'pvt_small_dense',
+    'pvt_medium_dwa', 'pvt_medium_mudd', 'pvt_medium_rir', 'pvt_medium_dense',
+    'pvt_large_dwa', 'pvt_large_mudd', 'pvt_large_rir', 'pvt_large_dense',
+], PVT_ARCHS, CONNECTIONS, title='PVT v1')

@@ -14,10 +14,11 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs
 
 from densezoo.layers.upsample import PixelShuffleUpsample
 from densezoo.layers.channel_attention import ChannelAttention
+from densezoo.models._common import register_models
 from densezoo.models._sr import RGB_MEAN, SRModel, create_sr_model, sr_cfg, unwrap_checkpoint
 from densezoo.models._sr import checkpoint_filter_fn as sr_checkpoint_filter_fn
 
@@ -261,20 +262,8 @@ def _create_rcan(variant: str, pretrained: bool = False, **kwargs) -> RCAN:
     """Build through timm; pretrained weights load through this module's ``checkpoint_filter_fn``."""
     if 'num_in_ch' in kwargs and 'in_chans' not in kwargs:
         kwargs['in_chans'] = kwargs['num_in_ch']  # else timm passes in_chans from the cfg
-    return create_sr_model(RCAN, variant, pretrained, CONFIGS[variant], filter_fn=checkpoint_filter_fn, **kwargs)
-
-
-def _register(name: str) -> None:
-    def entrypoint(pretrained: bool = False, **kwargs) -> RCAN:
-        return _create_rcan(name, pretrained, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'RCAN {name} (official configuration).'
-    globals()[name] = entrypoint
-    register_model(entrypoint)
+    return create_sr_model(RCAN, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({f'{name}.div2k': _cfg(cfg['upscale']) for name, cfg in CONFIGS.items()})
-for _name in CONFIGS:
-    _register(_name)
+register_models(__name__, _create_rcan, ['rcan_x2', 'rcan_x3', 'rcan_x4'], CONFIGS, title='RCAN')

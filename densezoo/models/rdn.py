@@ -16,7 +16,8 @@ from torch import nn
 from timm.models import checkpoint, generate_default_cfgs
 
 from densezoo.layers.upsample import DenseUpsample
-from densezoo.models._sr import SRModel, register_sr_models, sr_cfg
+from densezoo.models._common import register_models
+from densezoo.models._sr import SRModel, create_sr_model, sr_cfg
 
 __all__ = ['RDN', 'RDB', 'RDBConv', 'RDN_CONFIGS']
 
@@ -164,5 +165,9 @@ def _cfg(scale: int) -> dict:
                   license=None, notes=notes)
 
 
+def _create_rdn(variant: str, pretrained: bool = False, **kwargs) -> RDN:
+    return create_sr_model(RDN, variant, pretrained, **kwargs)
+
+
 default_cfgs = generate_default_cfgs({name: _cfg(cfg['upscale']) for name, cfg in CONFIGS.items()})
-register_sr_models(__name__, RDN, CONFIGS, (), 'RDN')
+register_models(__name__, _create_rdn, ['rdn_x2', 'rdn_x3', 'rdn_x4'], CONFIGS, title='RDN')

@@ -7,8 +7,6 @@ with every stage rewired by ``densezoo.connect``; registered names are timm's ba
 Papers: Swin Transformer (https://arxiv.org/abs/2103.14030), Swin Transformer V2 (https://arxiv.org/abs/2111.09883).
 Design notes: docs/backbones.md.
 """
-from typing import Dict, Optional
-
 from torch import nn
 
 from timm.models import build_model_with_cfg, generate_default_cfgs
@@ -17,8 +15,8 @@ from timm.models.swin_transformer import checkpoint_filter_fn as _swin_filter
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Stage
 from timm.models.swin_transformer_v2 import checkpoint_filter_fn as _swinv2_filter
 
-from densezoo.models._common import check_image_input, connected_cfgs, register_connected
-from densezoo.models.connect import ConnectedModel, ConnectedStage, StageFamily, connect, register_family
+from densezoo.models._common import check_image_input, connected_cfgs, register_models
+from densezoo.models.connect import ConnectedModel, ConnectedStage, StageFamily, register_family
 
 __all__ = ['ConnectedSwinTransformer', 'ConnectedSwinTransformerV2', 'checkpoint_filter_fn']
 
@@ -37,22 +35,6 @@ class ConnectedSwinV2Stage(ConnectedStage, SwinTransformerV2Stage):
         return self.run_connected_blocks(self.downsample(x))
 
 
-def _swin_stages(model: nn.Module):
-    return [(f'layers.{i}', stage) for i, stage in enumerate(model.layers)]
-
-
-def _block_dim(stage: nn.Module) -> int:
-    return stage.blocks[0].dim
-
-
-register_family(StageFamily(
-    name='Swin', model_types=(SwinTransformer,), stages=_swin_stages,
-    connected_stages={SwinTransformerStage: ConnectedSwinStage}, stage_dim=_block_dim, layout='NHWC'))
-register_family(StageFamily(
-    name='SwinV2', model_types=(SwinTransformerV2,), stages=_swin_stages,
-    connected_stages={SwinTransformerV2Stage: ConnectedSwinV2Stage}, stage_dim=_block_dim, layout='NHWC'))
-
-
 class ConnectedSwinTransformer(ConnectedModel, SwinTransformer):
     """timm ``SwinTransformer`` whose stages use a block connection.
 
@@ -62,19 +44,31 @@ class ConnectedSwinTransformer(ConnectedModel, SwinTransformer):
         **kwargs: ``SwinTransformer`` arguments; unknown ones raise ``TypeError``.
     """
 
-    def __init__(self, connection: str = 'dwa', connection_args: Optional[Dict[str, object]] = None, **kwargs):
-        super().__init__(**kwargs)
-        connect(self, connection, **(connection_args or {}))
+    def install_input_checks(self) -> None:
         self.patch_embed.register_forward_pre_hook(check_image_input)
 
 
 class ConnectedSwinTransformerV2(ConnectedModel, SwinTransformerV2):
     """timm ``SwinTransformerV2`` whose stages use a block connection (arguments as ``ConnectedSwinTransformer``)."""
 
-    def __init__(self, connection: str = 'dwa', connection_args: Optional[Dict[str, object]] = None, **kwargs):
-        super().__init__(**kwargs)
-        connect(self, connection, **(connection_args or {}))
+    def install_input_checks(self) -> None:
         self.patch_embed.register_forward_pre_hook(check_image_input)
+
+
+def _swin_stages(model: nn.Module):
+    return [(f'layers.{i}', stage) for i, stage in enumerate(model.layers)]
+
+
+def _block_dim(stage: nn.Module) -> int:
+    return stage.blocks[0].dim
+
+
+register_family(StageFamily(
+    name='Swin', connected_models={SwinTransformer: ConnectedSwinTransformer}, stages=_swin_stages,
+    connected_stages={SwinTransformerStage: ConnectedSwinStage}, stage_dim=_block_dim, layout='NHWC'))
+register_family(StageFamily(
+    name='SwinV2', connected_models={SwinTransformerV2: ConnectedSwinTransformerV2}, stages=_swin_stages,
+    connected_stages={SwinTransformerV2Stage: ConnectedSwinV2Stage}, stage_dim=_block_dim, layout='NHWC'))
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
@@ -121,6 +115,17 @@ CONNECTIONS = {
 
 default_cfgs = generate_default_cfgs(connected_cfgs(BASE_ARCHS, CONNECTIONS))
 
-for _arch, _args in BASE_ARCHS.items():
-    for _kind, _options in CONNECTIONS.items():
-        register_connected(__name__, _arch, _kind, _args, _options, _create_swin)
+register_models(__name__, _create_swin, [
+    'swin_tiny_patch4_window7_224_dwa', 'swin_tiny_patch4_window7_224_mudd', 'swin_tiny_patch4_window7_224_rir',
+    'swin_tiny_patch4_window7_224_dense', 'swin_small_patch4_window7_224_dwa', 'swin_small_patch4_window7_224_mudd',
+    'swin_small_patch4_window7_224_rir', 'swin_small_patch4_window7_224_dense', 'swin_base_patch4_window7_224_dwa',
+    'swin_base_patch4_window7_224_mudd', 'swin_base_patch4_window7_224_rir', 'swin_base_patch4_window7_224_dense',
+    'swinv2_tiny_window8_256_dwa', 'swinv2_tiny_window8_256_mudd', 'swinv2_tiny_window8_256_rir',
+    'swinv2_tiny_window8_256_dense', 'swinv2_tiny_window16_256_dwa', 'swinv2_tiny_window16_256_mudd',
+    'swinv2_tiny_window16_256_rir', 'swinv2_tiny_window16_256_dense', 'swinv2_small_window8_256_dwa',
+    'swinv2_small_window8_256_mudd', 'swinv2_small_window8_256_rir', 'swinv2_small_window8_256_dense',
+    'swinv2_small_window16_256_dwa', 'swinv2_small_window16_256_mudd', 'swinv2_small_window16_256_rir',
+    'swinv2_small_window16_256_dense', 'swinv2_base_window8_256_dwa', 'swinv2_base_window8_256_mudd',
+    'swinv2_base_window8_256_rir', 'swinv2_base_window8_256_dense', 'swinv2_base_window16_256_dwa',
+    'swinv2_base_window16_256_mudd', 'swinv2_base_window16_256_rir', 'swinv2_base_window16_256_dense',
+], BASE_ARCHS, CONNECTIONS)

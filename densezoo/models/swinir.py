@@ -16,8 +16,10 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from densezoo.layers.window_attention import SwinIRBlock
-from densezoo.models._sr import (WindowSRTransformer, connected_sr_cfgs, map_to_tokens, register_sr_models,
-                                 register_window_family, residual_conv, sr_cfg, tokens_to_map)
+from densezoo.models._common import register_models
+from densezoo.models._sr import (WINDOW_SR_STAGES, ConnectedWindowSR, WindowSRTransformer, connected_sr_cfgs,
+                                 create_sr_model, map_to_tokens, residual_conv, sr_cfg, tokens_to_map)
+from densezoo.models.connect import StageFamily, register_family
 
 __all__ = ['SwinIR', 'RSTB', 'SwinIRLayer']
 
@@ -99,11 +101,16 @@ class SwinIR(WindowSRTransformer):
         self.checkpoint_key = 'params_ema' if upsampler == 'nearest+conv' else 'params'
 
 
-ConnectedSwinIR = register_window_family('SwinIR', SwinIR)
+class ConnectedSwinIR(ConnectedWindowSR, SwinIR):
+    """SwinIR whose residual groups run through a connection (``connection``, ``connection_args``, then ``SwinIR``'s
+    arguments)."""
+
+
+register_family(StageFamily(name='SwinIR', connected_models={SwinIR: ConnectedSwinIR}, **WINDOW_SR_STAGES))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# registered configurations
+# configurations and registration
 
 _RELEASE = 'https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/'
 _SOURCE = 'https://github.com/JingyunLiang/SwinIR'
@@ -154,7 +161,27 @@ def _release_cfgs() -> dict:
     return cfgs
 
 
-CONNECTED = ('dwa', 'mudd')
+#: registered connection -> options of the registered variants
+CONNECTIONS = {'dwa': {}, 'mudd': {}}
 
-default_cfgs = generate_default_cfgs({**_release_cfgs(), **connected_sr_cfgs(_release_cfgs(), CONNECTED)})
-register_sr_models(__name__, SwinIR, CONFIGS, CONNECTED, 'SwinIR')
+
+def _create_swinir(variant: str, pretrained: bool = False, **kwargs) -> SwinIR:
+    return create_sr_model(ConnectedSwinIR if 'connection' in kwargs else SwinIR, variant, pretrained, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({**_release_cfgs(), **connected_sr_cfgs(_release_cfgs(), CONNECTIONS)})
+register_models(__name__, _create_swinir, [
+    'swinir_classical_x2', 'swinir_classical_x2_dwa', 'swinir_classical_x2_mudd',
+    'swinir_classical_x3', 'swinir_classical_x3_dwa', 'swinir_classical_x3_mudd',
+    'swinir_classical_x4', 'swinir_classical_x4_dwa', 'swinir_classical_x4_mudd',
+    'swinir_classical_x8', 'swinir_classical_x8_dwa', 'swinir_classical_x8_mudd',
+    'swinir_light_x2', 'swinir_light_x2_dwa', 'swinir_light_x2_mudd',
+    'swinir_light_x3', 'swinir_light_x3_dwa', 'swinir_light_x3_mudd',
+    'swinir_light_x4', 'swinir_light_x4_dwa', 'swinir_light_x4_mudd',
+    'swinir_real_x4', 'swinir_real_x4_dwa', 'swinir_real_x4_mudd',
+    'swinir_real_l_x4', 'swinir_real_l_x4_dwa', 'swinir_real_l_x4_mudd',
+    'swinir_denoise_gray', 'swinir_denoise_gray_dwa', 'swinir_denoise_gray_mudd',
+    'swinir_denoise_color', 'swinir_denoise_color_dwa', 'swinir_denoise_color_mudd',
+    'swinir_jpeg', 'swinir_jpeg_dwa', 'swinir_jpeg_mudd',
+    'swinir_jpeg_color', 'swinir_jpeg_color_dwa', 'swinir_jpeg_color_mudd',
+], CONFIGS, CONNECTIONS, title='SwinIR')

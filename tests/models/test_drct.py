@@ -1,4 +1,5 @@
-"""DRCT: the official quirks, parameter counts and outputs (fixture from ming053l/DRCT ``DRCT_arch.py``).
+"""DRCT: the official quirks, parameter counts and outputs (fixture from ming053l/DRCT ``DRCT_arch.py``); the SR
+contract of every registered model: tests/models/test_contract.py.
 
 Counts: DRCT ×2/×3/×4 13,991,867 / 14,176,507 / 14,139,579 and DRCT-L 27,433,007 / 27,617,647 / 27,580,719, the
 official model's (README: 14.13M and 27.58M).
@@ -13,7 +14,7 @@ from timm.layers import DropPath
 
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.drct import DRCT
-from tests.helpers import assert_checkpointing_keeps_gradients, load_fixture, perturb_connections, scale_preserving_weights
+from tests.helpers import load_fixture, perturb_connections, scale_preserving_weights
 
 OFFICIAL_COUNTS = {'drct_x2': 13_991_867, 'drct_x3': 14_176_507, 'drct_x4': 14_139_579,
                    'drct_l_x2': 27_433_007, 'drct_l_x3': 27_617_647, 'drct_l_x4': 27_580_719}
@@ -107,8 +108,3 @@ def test_connected_variants_start_as_the_plain_model(kind):
     with torch.no_grad():
         assert (model(x) - plain(x)).abs().max() <= 1e-6
         assert (perturb_connections(model)(x) - plain(x)).abs().max() > 1e-4
-
-
-def test_gradients_with_and_without_checkpointing():
-    torch.manual_seed(0)
-    assert_checkpointing_keeps_gradients(scale_preserving_weights(DRCT(upscale=2, **SMALL)), torch.rand(1, 3, 8, 8))

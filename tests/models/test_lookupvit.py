@@ -1,5 +1,6 @@
 """LookupViT: architecture against explicit references, parameter and multiply-add formulas, multi-resolution,
-connected variants, the timm model API and one-line errors.
+connected variants, its pooling and token outputs, and one-line errors (the timm model contract of every registered
+model: tests/models/test_contract.py).
 
 How we know the numbers are right: no official code exists, so the block is checked against a slow reference
 written here from the paper's equations (explicit softmaxes, per-head einsums, float64); parameter counts and
@@ -208,29 +209,20 @@ def _plain_param_count(dim, depth, num_heads, lookup_mlp_ratio=0.5, mlp_ratio=4,
     return embed + depth * (gather + refine + infuse + lookup_mlp) + norm + linear(dim, classes)
 
 
-def _connection_param_count(kind, dim, depth):
-    if kind == 'dwa':  # block i mixes X_0..X_{i+1}
-        return depth * (depth + 3) // 2
-    hidden = [(i + 2) // 64 * 64 + 64 for i in range(depth)]  # one-stream MUDD generators
-    return sum(h * dim + (i + 2) * h + (i + 2) for i, h in enumerate(hidden))
-
-
 WIDTHS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 # our counts; the paper's table could not be read, so these are not checked against it (a plain ViT-B/16 has
 # 86.6 M: LookupViT adds the cross-attention's 6 D^2 and the lookup MLP's D^2 to its 12 D^2 per block)
 PLAIN_COUNTS = {'tiny': 8_849_320, 'small': 34_507_624, 'base': 136_254_184}
 
 
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', sorted(ARCHS))
 def test_parameter_count_matches_the_architecture_formula(name):
+    """The plain models (a connected one adds its connection's: tests/models/test_contract.py)."""
     model = _meta(name)
     size = name.split('_')[1]
     dim, heads = WIDTHS[size]
     expected = _plain_param_count(dim, 12, heads)
     assert expected == PLAIN_COUNTS[size]  # whatever the compressed grid: no parameter depends on it
-    kind = name.rsplit('_', 1)[1]
-    if kind in CONNECTIONS:
-        expected += _connection_param_count(kind, dim, 12)
     assert sum(p.numel() for p in model.parameters()) == expected
     # (18 + 2r) D^2 weights per block, plus biases and norms
     blocks = sum(p.numel() for p in model.blocks.parameters())
@@ -379,75 +371,32 @@ def test_connection_spans_all_blocks_on_the_joint_token_tensor():
     model = _model(f'{TINY}_mudd')
     assert model.connection_kind == 'mudd' and model.connection.num_blocks == 3
     assert model.connection.num_streams == 1 and model.connection.dim == 32
-    assert {'connection.bias.0', 'pos_embed'} <= model.no_weight_decay()
-    groups = timm.models.group_parameters(model, model.group_matcher(), reverse=True)
-    last_block = max(g for n, g in groups.items() if n.startswith('blocks.'))
-    assert {g for n, g in groups.items() if n.startswith('connection.')} == {last_block + 1}
     dwa = _model(f'{TINY}_dwa', connection_args=dict(dilation=2))
     assert dwa.connection.dilation == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# timm API
+# token outputs, pooling, weights
 
-@pytest.mark.parametrize('name', VARIANTS)
-def test_forward_backward_every_parameter_gets_a_gradient(name):
-    model = _model(name, num_classes=7, drop_path_rate=0.1).train()
-    out = model(_image())
-    assert out.shape == (2, 7)
-    out.logsumexp(-1).mean().backward()
-    assert not [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    model.eval()
-    with torch.no_grad():
-        expected = model(_image())
-        model.set_grad_checkpointing()
-        torch.testing.assert_close(model(_image()), expected)
-
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_features_intermediates_and_pruning_agree(name):
-    model = _model(name)
+def test_intermediates_return_the_compressed_tokens():
+    model = _model(f'{TINY}_mudd')
     x = _image()
     with torch.no_grad():
-        final, taps = model.forward_intermediates(x)
-        torch.testing.assert_close(final, model.forward_features(x))
-        assert [tuple(t.shape) for t in taps] == [(2, 32, 8, 8)] * 3
-        # the last state, normalised, is forward_features; its lookup tokens form the last tap
-        torch.testing.assert_close(model.norm(taps[-1].flatten(2).transpose(1, 2)), final[:, 9:])
+        taps = model.forward_intermediates(x, intermediates_only=True)
         pairs = model.forward_intermediates(x, indices=[0], return_compressed_tokens=True, norm=True,
                                             output_fmt='NLC', intermediates_only=True)
-        assert pairs[0][0].shape == (2, 64, 32) and pairs[0][1].shape == (2, 9, 32)
-        torch.testing.assert_close(pairs[0][0], model.norm(taps[0].flatten(2).transpose(1, 2)))
-        features = timm.create_model(name, features_only=True, **SMALL)
-        features.model.load_state_dict(model.state_dict(), strict=False)  # the getter prunes head and norm
-        assert features.feature_info.channels() == [32] * 3 and features.feature_info.reduction() == [8] * 3
-        for got, want in zip(features.eval()(x), taps):
-            torch.testing.assert_close(got, want)
-    for index in range(3):
-        with torch.no_grad():
-            early = model.forward_intermediates(x, indices=[index], stop_early=True, intermediates_only=True)
-            torch.testing.assert_close(early[0], taps[index])
-        pruned = copy.deepcopy(model)
-        assert pruned.prune_intermediate_layers([index], prune_norm=True) == [index]
-        assert len(pruned.blocks) == index + 1
-        selected = pruned.train().forward_intermediates(x, indices=[index], intermediates_only=True)
-        torch.testing.assert_close(selected[0], taps[index])
-        (selected[0].sum() + pruned(x).sum()).backward()
-        assert not [n for n, p in pruned.named_parameters() if p.grad is None]
-    kept = copy.deepcopy(model)
-    kept.prune_intermediate_layers([2], prune_head=False)
-    with torch.no_grad():
-        torch.testing.assert_close(kept(x), model(x))
+    assert pairs[0][0].shape == (2, 64, 32) and pairs[0][1].shape == (2, 9, 32)
+    torch.testing.assert_close(pairs[0][0], model.norm(taps[0].flatten(2).transpose(1, 2)))
 
 
-@pytest.mark.parametrize('name', VARIANTS)
-def test_fx_feature_extraction_forward_and_backward(name):
-    out = traced_to_head(_model(name).train(), _image(), 'head', rtol=1e-5, atol=1e-6, block1='blocks.1')
+def test_fx_trace_holds_the_joint_token_tensor():
+    out = traced_to_head(_model(f'{TINY}_dwa').train(), _image(), 'head', rtol=1e-5, atol=1e-6, block1='blocks.1')
     assert out['block1'].shape == (2, 9 + 64, 32)
 
 
 @pytest.mark.parametrize('name', VARIANTS)
-def test_autocast_bfloat16(name):
+def test_autocast_bfloat16_with_unit_scale_weights(name):
+    # timm's initialisation keeps the branches tiny (the contract's check at that scale sees little of them)
     assert_bfloat16_autocast_close(_randomise(_model(name, num_classes=7)), _image())
 
 
@@ -462,18 +411,10 @@ def test_head_pooling_and_classifier_reset():
         torch.testing.assert_close(model.pool(tokens, 'avg_compressed'), compressed)
         model.reset_classifier(0)
         torch.testing.assert_close(model(x), compressed + lookup)
-        model.reset_classifier(5, 'avg')
-        assert model(x).shape == (2, 5) and model.get_classifier().out_features == 5
-        model.reset_classifier(0, '')
-        assert model(x).shape == (2, 73, 32)
-        model.to(torch.bfloat16)
-        assert model(x.bfloat16()).dtype == torch.bfloat16
     meta = _meta(TINY)
     groups = timm.models.group_parameters(meta, meta.group_matcher(), reverse=True)
     assert len(set(groups.values())) == 14  # stem, 12 blocks, final norm
     assert meta.no_weight_decay() == {'pos_embed'}
-    assert meta.default_cfg['classifier'] + '.weight' in meta.state_dict()
-    assert meta.default_cfg['first_conv'] + '.weight' in meta.state_dict()
 
 
 def test_checkpoint_files_load_through_create_model(tmp_path):
@@ -555,8 +496,6 @@ def test_bad_calls_and_names():
         timm.create_model('lookupvit_base_patch16_224_c7', pretrained=True)
     with pytest.raises(RuntimeError, match=r'Unknown model \(lookupvit_huge_patch16_224\)'):
         timm.create_model('lookupvit_huge_patch16_224')
-    with pytest.raises(TypeError):
-        timm.create_model(TINY, not_an_argument=1)
     with pytest.raises(ValueError, match=r"^unknown model 'lookupvit_base_patch16_224_c8'; did you mean "
                                          r"lookupvit_base_patch16_224_c7, ") as err:
         check_model_names(['lookupvit_base_patch16_224_c8'])

@@ -1,9 +1,9 @@
-"""PVT v1 and PVT v2: parameter counts, parity with timm and the official model, checkpoints, timm API, bad input.
+"""PVT v1 and PVT v2: parameter counts, parity with timm and the official model, checkpoints, PVT's pooling and
+optimizer groups, bad input (the timm model contract of every registered model: tests/models/test_contract.py).
 
 How we know the numbers are right:
 - Parameter counts of the plain models are those of the official configurations (PVT repository, classification/
   pvt.py and pvt_v2.py, instantiated: PVT-Tiny 13,229,288 ... PVTv2-B5 81,956,008; README 13.2M ... 82.0M).
-  Connection parameters are counted here from the connections' definitions, independently of the library.
 - PVT v2 reference: timm's own ``PyramidVisionTransformerV2`` with the same weights.
 - PVT v1 reference: the official ``classification/pvt.py`` was run outside this repository with random weights
   (norm affine parameters and biases perturbed) on 224x224, 256x320 and 160x160 inputs and its state dict loaded
@@ -14,7 +14,6 @@ How we know the numbers are right:
 """
 import copy
 import io
-import logging
 import math
 import sys
 
@@ -23,19 +22,21 @@ import timm
 import torch
 from safetensors.torch import save_file
 from timm.models import group_parameters
-from timm.models.pvt_v2 import Block as TimmPvtV2Block, PyramidVisionTransformerV2
+from timm.models.pvt_v2 import PyramidVisionTransformerV2
 
 import densezoo
-import densezoo.models.pvt as pvt
+from densezoo.models import pvt, pvtv2
 from densezoo.models.connect import model_family
-from densezoo.models.pvt import PVT_ARCHS, PVT_V2_ARCHS, PvtBlock, block_streams
-from tests.helpers import (assert_bfloat16_autocast_close, assert_checkpointing_keeps_gradients, one_line,
-                           perturb_connections, perturb_norms, plain_state, traced_to_head)
+from densezoo.models.pvt import PVT_ARCHS
+from densezoo.models.pvtv2 import PVT_V2_ARCHS
+from tests.helpers import one_line, perturb_connections, perturb_norms, plain_state
 
 KINDS = ('dwa', 'mudd', 'rir', 'dense')
 BASES = [*PVT_ARCHS, *PVT_V2_ARCHS]
 CONNECTED = [f'{base}_{kind}' for base in BASES for kind in KINDS]
 NAMES = sorted([*PVT_ARCHS, *CONNECTED])
+V1_NAMES = sorted([*PVT_ARCHS, *(f'{base}_{kind}' for base in PVT_ARCHS for kind in KINDS)])
+V2_NAMES = sorted(f'{base}_{kind}' for base in PVT_V2_ARCHS for kind in KINDS)
 
 PUBLISHED = {  # official configurations, counted (README: 13.2M, 24.5M, 44.2M, 61.4M, 3.7M, 14.0M, 25.4M, ...)
     'pvt_tiny': 13_229_288, 'pvt_small': 24_485_864, 'pvt_medium': 44_208_104, 'pvt_large': 61_369_320,
@@ -62,10 +63,10 @@ def small(base, **kwargs):
     return {**args, **kwargs}
 
 
-def create(name, seed=0, connection_std=0.05, **kwargs):
+def create(name, seed=0, **kwargs):
     torch.manual_seed(seed)
     model = timm.create_model(name, **small(split(name)[0], **kwargs))
-    return perturb_connections(perturb_norms(model, seed=seed), std=connection_std, seed=seed)
+    return perturb_connections(perturb_norms(model, seed=seed), seed=seed)
 
 
 def image(batch=2, size=(64, 64), seed=1):
@@ -76,29 +77,13 @@ def image(batch=2, size=(64, 64), seed=1):
 # registry and structure at the registered size (meta device)
 
 def test_registered_names_and_no_timm_name_is_shadowed():
-    assert timm.list_models(module='pvt') == NAMES and len(NAMES) == 48
+    assert timm.list_models(module='pvt') == V1_NAMES and len(V1_NAMES) == 20
+    assert timm.list_models(module='pvtv2') == V2_NAMES and len(V2_NAMES) == 28
+    assert sorted(V1_NAMES + V2_NAMES) == NAMES
     timm_modules = [m for name, m in sys.modules.items() if name.startswith('timm.models.') and hasattr(m, '__all__')]
     for module in timm_modules:  # a timm model of the same name would be in its module's __all__
         assert not set(module.__all__) & set(NAMES), module.__name__
     assert 'timm.models.pvt' not in sys.modules
-
-
-def _connection_params(kind, depths, dims, group_size):
-    total = 0
-    for depth, dim in zip(depths, dims):
-        if kind == 'dwa':  # one scalar per (block, earlier output) pair
-            total += depth * (depth + 3) // 2
-        elif kind == 'mudd':  # 4 streams after every block but the last, hidden (C * L) // 64 * 64 + 64
-            for i in range(depth):
-                streams = 4 if i < depth - 1 else 1
-                mixed = streams * (i + 2)
-                hidden = mixed // 64 * 64 + 64
-                total += hidden * dim + mixed * hidden + mixed
-        elif kind == 'rir':  # a linear projection per group and one for the stage skip
-            total += (depth // group_size + 1) * (dim * dim + dim)
-        elif kind == 'dense':  # transition to 32 channels and fusion of D + 32 (i + 1) channels per block
-            total += sum(32 * dim + 32 + dim * (dim + 32 * (i + 1)) + dim for i in range(depth))
-    return total
 
 
 def _meta(name, **kwargs):
@@ -120,38 +105,28 @@ def fast_meta_init(monkeypatch):
 
 
 @pytest.mark.parametrize('base', BASES)
-def test_every_registered_model_at_full_size(base, caplog, fast_meta_init):
-    """Counts, names, cfgs and timm/plain weights of the four connected variants of ``base`` (meta device)."""
+def test_every_registered_model_at_full_size(base, fast_meta_init):
+    """Published counts, weights, connection options and feature info of the four connected variants of ``base``
+    (meta device; their parameters are the plain model's plus the connection's: tests/models/test_contract.py)."""
     plain = _meta(base)
     depths, dims = arch(base)['depths'], arch(base)['embed_dims']
-    count = sum(p.numel() for p in plain.parameters())
-    assert count == PUBLISHED[base]
-    plain_state_dict = plain.state_dict()
+    assert sum(p.numel() for p in plain.parameters()) == PUBLISHED[base]
     if base in PVT_ARCHS:
         assert plain.pretrained_cfg['url'] == f'https://github.com/whai362/PVT/releases/download/v2/{base}.pth'
     for kind in KINDS:
         model = _meta(f'{base}_{kind}')
-        cfg = model.pretrained_cfg
         if base in PVT_V2_ARCHS:
-            assert cfg['hf_hub_id'] == f'timm/{base}.in1k'
-        else:
-            assert cfg['url'] == plain.pretrained_cfg['url']
-        assert cfg['first_conv'] + '.weight' in plain_state_dict and cfg['classifier'] + '.weight' in plain_state_dict
+            assert model.pretrained_cfg['hf_hub_id'] == f'timm/{base}.in1k'
         group_size = math.gcd(*depths)
-        assert sum(p.numel() for p in model.parameters()) == count + _connection_params(kind, depths, dims, group_size)
-        assert [(n, p.shape) for n, p in model.named_parameters() if '.connection.' not in n] == \
-               [(n, p.shape) for n, p in plain.named_parameters()]
         assert model.connection_args == {'dwa': {}, 'mudd': dict(num_streams=4), 'dense': dict(growth=32),
                                          'rir': dict(group_size=group_size, long_skip=True)}[kind]
         assert model_family(model) == ('PVT' if base in PVT_ARCHS else 'PVTv2')
-        with caplog.at_level(logging.WARNING, logger='densezoo'):
-            model.load_state_dict(plain_state_dict, strict=True)
         assert [i['num_chs'] for i in model.feature_info] == list(dims)
         assert [i['reduction'] for i in model.feature_info] == [4, 8, 16, 32]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# identity at initialisation, forward / backward
+# identity at initialisation
 
 @pytest.mark.parametrize('base', BASES)
 def test_connected_models_start_as_the_plain_one(base):
@@ -168,75 +143,6 @@ def test_connected_models_start_as_the_plain_one(base):
         assert (out - expected).abs().max() <= 1e-6, kind
         if kind == 'mudd':  # the streams start equal, so the 4-stream blocks reproduce the plain ones exactly
             assert torch.equal(out, expected)
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_forward_backward_reaches_every_parameter(name):
-    model = create(name, num_classes=7).train()
-    out = model(image())
-    assert out.shape == (2, 7) and torch.isfinite(out).all()
-    out.square().mean().backward()
-    assert not [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    model.eval()
-    with torch.no_grad():
-        before = model(image())
-        model.set_grad_checkpointing()
-        torch.testing.assert_close(model(image()), before, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('name', ['pvt_v2_b2_li_mudd', 'pvt_small_mudd', 'pvt_v2_b1_dense'])
-def test_grad_checkpointing_keeps_gradients(name):
-    assert_checkpointing_keeps_gradients(create(name, drop_path_rate=0.), image())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# MUDD's four streams through spatial-reduction attention
-
-BLOCKS = {
-    'v2_sr4': lambda: TimmPvtV2Block(32, num_heads=2, sr_ratio=4, qkv_bias=True),
-    'v2_sr1': lambda: TimmPvtV2Block(32, num_heads=2, sr_ratio=1, qkv_bias=True),
-    'v2_linear': lambda: TimmPvtV2Block(32, num_heads=2, linear_attn=True, qkv_bias=True),
-    'v1_sr2': lambda: PvtBlock(32, num_heads=2, sr_ratio=2),
-    'v1_class_token': lambda: PvtBlock(32, num_heads=4, sr_ratio=1),
-}
-
-
-def _streams_reference(block, q, k, v, r, feat_size):
-    """MUDD's stream semantics written with timm's modules as they are: the full kv projection of the reduced key
-    (value) stream, keeping its key (value) half, and the unfused attention formula."""
-    attn = block.attn
-    B, N, C = q.shape
-
-    def reduced(x):
-        x = block.norm1(x)
-        if attn.sr is None:
-            return x
-        x = x.transpose(1, 2).reshape(B, C, *feat_size)
-        x = attn.sr(attn.pool(x) if attn.pool is not None else x).flatten(2).transpose(1, 2)
-        return attn.act(attn.norm(x)) if attn.act is not None else attn.norm(x)
-
-    heads = lambda t: t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)  # noqa: E731
-    keys, values = heads(attn.kv(reduced(k))[..., :C]), heads(attn.kv(reduced(v))[..., C:])
-    weights = (heads(attn.q(block.norm1(q))) @ keys.transpose(-2, -1) * attn.head_dim ** -0.5).softmax(-1)
-    h = r + attn.proj((weights @ values).transpose(1, 2).reshape(B, N, C))
-    mlp_in = block.norm2(h)
-    return h + (block.mlp(mlp_in, feat_size) if isinstance(block, TimmPvtV2Block) else block.mlp(mlp_in))
-
-
-@pytest.mark.parametrize('kind', list(BLOCKS))
-def test_block_streams(kind):
-    torch.manual_seed(0)
-    block = perturb_norms(BLOCKS[kind]()).eval()
-    feat_size = (8, 6)
-    tokens = 8 * 6 + (kind == 'v1_class_token')
-    q, k, v, r = torch.randn(4, 2, tokens, 32, generator=torch.Generator().manual_seed(3)).unbind(0)
-    with torch.no_grad():
-        assert torch.equal(block_streams(block, r, r, r, r, feat_size), block(r, feat_size))
-        out = block_streams(block, q, k, v, r, feat_size)
-        torch.testing.assert_close(out, _streams_reference(block, q, k, v, r, feat_size), rtol=1e-5, atol=1e-5)
-        for other in (block_streams(block, r, k, v, r, feat_size), block_streams(block, q, r, v, r, feat_size),
-                      block_streams(block, q, k, r, r, feat_size)):
-            assert not torch.allclose(other, out)  # every stream is used
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -390,81 +296,11 @@ def test_v1_position_embeddings_follow_the_input_size(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# timm API
-
-FEATURE_NAMES = ['pvt_v2_b0_dwa', 'pvt_v2_b2_li_mudd', 'pvt_v2_b5_rir', 'pvt_v2_b1_dense', 'pvt_tiny', 'pvt_small_mudd',
-                 'pvt_medium_rir', 'pvt_large_dense']
-#: every connection and both families, each path once
-SOME_NAMES = ['pvt_v2_b0_dwa', 'pvt_v2_b2_li_mudd', 'pvt_v2_b1_dense', 'pvt_tiny', 'pvt_small_mudd', 'pvt_medium_rir']
-
-
-@pytest.mark.parametrize('name', FEATURE_NAMES)
-def test_features_and_intermediates(name):
-    v1 = split(name)[0] in PVT_ARCHS
-    model = create(name).eval()
-    x = image()
-    with torch.no_grad():
-        final, maps = model.forward_intermediates(x)
-        torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
-        assert [tuple(m.shape) for m in maps] == [(2, 16, 16, 16), (2, 32, 8, 8), (2, 48, 4, 4), (2, 64, 2, 2)]
-        torch.testing.assert_close(model.forward_intermediates(x, indices=2, intermediates_only=True), maps[2:])
-        if v1:  # the class token goes first and is left out of the map; norm=True applies the final norm
-            assert final.shape == (2, 1 + 4, 64)
-            normed = model.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True)[0]
-            torch.testing.assert_close(normed, final[:, 1:].reshape(2, 2, 2, 64).permute(0, 3, 1, 2))
-        for feature_cls in ([None, 'getter'] if not v1 else [None]):
-            kwargs = {} if feature_cls is None else dict(feature_cls=feature_cls)
-            features = create(name, features_only=True, **kwargs).eval()
-            assert features.feature_info.reduction() == [4, 8, 16, 32]
-            assert features.feature_info.channels() == [16, 32, 48, 64]
-            for got, want in zip(features(x), maps):
-                torch.testing.assert_close(got, want)
-        last_two = create(name, features_only=True, out_indices=(2, 3)).eval()
-        assert [tuple(f.shape) for f in last_two(x)] == [(2, 48, 4, 4), (2, 64, 2, 2)]
-
-
-@pytest.mark.parametrize('name', SOME_NAMES)
-def test_prune_intermediate_layers(name):
-    model = create(name).eval()
-    x = image()
-    with torch.no_grad():
-        expected = model(x)
-        taps = model.forward_intermediates(x, intermediates_only=True)
-        kept = copy.deepcopy(model)
-        kept.prune_intermediate_layers([3], prune_head=False)
-        torch.testing.assert_close(kept(x), expected)
-    for i in range(4):
-        with torch.no_grad():
-            early = model.forward_intermediates(x, indices=[i], stop_early=True, intermediates_only=True)
-            torch.testing.assert_close(early[0], taps[i])
-        pruned = copy.deepcopy(model)
-        assert pruned.prune_intermediate_layers([i], prune_norm=True) == [i] and len(pruned.stages) == i + 1
-        pruned.train()
-        selected = pruned.forward_intermediates(x, indices=[i], intermediates_only=True)[0]
-        features = pruned.forward_features(x)
-        torch.testing.assert_close(selected, taps[i])
-        (selected.sum() + features.sum()).backward()
-        assert not [n for n, p in pruned.named_parameters() if p.grad is None]
-        with torch.no_grad():
-            torch.testing.assert_close(pruned.eval()(x), features)  # no head, no pooling
-
-
-@pytest.mark.parametrize('name', SOME_NAMES)
-def test_fx_forward_and_backward(name):
-    model = create(name, drop_path_rate=0.).train()
-    x = image(size=(64, 96))  # another size than the stored position embeddings: resizing is in the graph
-    traced_to_head(model, x, 'head', rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('name', ['pvt_v2_b2_li_mudd', 'pvt_small_dense', 'pvt_tiny'])
-def test_autocast_bfloat16(name):
-    # connections moved less far from identity: MUDD's generated weights at std 0.05 amplify bfloat16 rounding
-    model = create(name, connection_std=0.01).eval()
-    assert_bfloat16_autocast_close(model, image(), tolerance=0.03)  # measured: about 0.01
-
+# PVT's pooling and optimizer groups
 
 @pytest.mark.parametrize('name', ['pvt_v2_b0_mudd', 'pvt_tiny', 'pvt_small_dwa'])
-def test_head_pooling_and_classifier_reset(name):
+def test_head_pooling(name):
+    """PVT v1 pools its class token by default and averages the patch tokens with 'avg'; PVT v2 averages."""
     model = create(name).eval()
     x = image()
     v1 = split(name)[0] in PVT_ARCHS
@@ -473,42 +309,18 @@ def test_head_pooling_and_classifier_reset(name):
         assert features.shape == ((2, 5, 64) if v1 else (2, 64, 2, 2))  # v1: class token + 2 x 2 patch tokens
         pre_logits = model.forward_head(features, pre_logits=True)
         torch.testing.assert_close(pre_logits, features[:, 0] if v1 else features.mean((-1, -2)))
-        model.reset_classifier(0)
-        torch.testing.assert_close(model(x), pre_logits)
         model.reset_classifier(0, 'avg')
         torch.testing.assert_close(model(x), features[:, 1:].mean(1) if v1 else features.mean((-1, -2)))
-        model.reset_classifier(0, '')
-        torch.testing.assert_close(model(x), features)
-        model.reset_classifier(3, 'avg')
-        assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
-        model.to(torch.bfloat16)
-        assert model(x.bfloat16()).dtype == torch.bfloat16
-    if v1:
-        with torch.device('meta'):
-            full = timm.create_model(name.replace('dwa', 'rir'), device='meta')
-            assert full.forward_features(torch.empty(1, 3, 224, 224)).shape == (1, 50, 512)
-    else:
-        assert timm.create_model(name, num_classes=0, global_pool='', **small('pvt_v2_b0'))(
-            torch.randn(1, 3, 224, 224)).shape == (1, 64, 7, 7)  # pool_size (7, 7) at the cfg's 224
 
 
 @pytest.mark.parametrize('name', ['pvt_v2_b2_dwa', 'pvt_medium_mudd', 'pvt_large'])
 def test_optimizer_groups_and_no_weight_decay(name):
     model = _meta(name)
-    with pytest.raises(TypeError):
-        timm.create_model(name, device='meta', not_a_model_arg=1)
     groups = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
     coarse = group_parameters(model, model.group_matcher(coarse=True), reverse=True)
     assert len(set(coarse.values())) == 6  # stem, four stages (the final norm joins the last), head
     assert len(set(groups.values())) > len(model.stages) * 3
-    for param_name, group in groups.items():
-        if '.connection.' in param_name:  # right after the stage's blocks
-            stage = param_name.split('.')[1]
-            assert group == max(g for n, g in groups.items() if n.startswith(f'stages.{stage}.blocks.')) + 1
-    no_decay = model.no_weight_decay()
-    assert no_decay <= {n for n, _ in model.named_parameters()}
-    assert ('stages.3.cls_token' in no_decay) == (split(name)[0] in PVT_ARCHS)
-    assert any('.connection.' in n for n in no_decay) == (split(name)[1] in ('dwa', 'mudd'))
+    assert ('stages.3.cls_token' in model.no_weight_decay()) == (split(name)[0] in PVT_ARCHS)
 
 
 @pytest.mark.parametrize('name', ['pvt_tiny_mudd', 'pvt_v2_b0_dense'])
@@ -597,7 +409,7 @@ def test_checkpoint_of_another_size_names_the_first_entry_that_does_not_fit(tmp_
     with pytest.raises(ValueError, match=r"^checkpoint entry 'patch_embed1\.proj\.weight' \('patch_embed\.proj\."
                                          r"weight' here\) has shape \(32, 3, 7, 7\) but the model expects \(64, 3, "
                                          r"7, 7\); is it a checkpoint of another model size\?$"):
-        pvt.checkpoint_filter_fn(b0, _meta('pvt_v2_b1_mudd'))
+        pvtv2.checkpoint_filter_fn(b0, _meta('pvt_v2_b1_mudd'))
     path = tmp_path / 'pvt_small.pth'
     torch.save(official_v1_state((3, 4, 6, 3), device='cpu', embed_dims=(16, 32, 48, 64), img_size=64), path)
     with pytest.raises(ValueError, match=r"^checkpoint entry 'block1\.2\.norm1\.weight'") as info:

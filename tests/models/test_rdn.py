@@ -1,5 +1,6 @@
 """RDN: parity with an independent reference of EDSR-PyTorch's RDN, the registered configurations, EDSR-PyTorch's
-option names, timm's pretrained path, input sizes and one-line errors.
+option names, timm's pretrained path and one-line errors (the SR contract of every registered model, input sizes
+included: tests/models/test_contract.py).
 
 No official RDN fixture exists (BasicSR has no RDN). The reference below is EDSR-PyTorch's ``src/model/rdn.py``
 written out with ``F.conv2d`` loops: ``RDB_Conv`` = conv (always 3×3) + ReLU, concatenated after its input; ``RDB`` =
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.rdn import RDN
-from tests.helpers import assert_checkpointing_keeps_gradients, one_line
+from tests.helpers import one_line
 
 #: a small configuration: D=3 blocks, C=2 layers, G=8, G0=16
 SMALL = dict(num_blocks=3, num_layers=2, growth_rate=8, num_features=16)
@@ -144,35 +145,7 @@ def test_timm_pretrained_path(tmp_path, wrap):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# sizes
-
-@pytest.mark.parametrize('scale', [2, 3, 4])
-def test_odd_non_square_batch(scale):
-    model = randomise(RDN(upscale=scale, **SMALL), seed=scale)
-    x = torch.rand(2, 3, 5, 8)
-    y = _run(model, x)
-    assert y.shape == (2, 3, 5 * scale, 8 * scale)
-    torch.testing.assert_close(y[1:], _run(model, x[1:]), rtol=0, atol=1e-5)
-
-
-def test_registered_models_through_timm():
-    for scale in (2, 3, 4):
-        model = timm.create_model(f'rdn_x{scale}', **SMALL).eval()
-        assert _run(model, torch.rand(1, 3, 3, 4)).shape == (1, 3, 3 * scale, 4 * scale)
-
-
-def test_grad_checkpointing_gives_the_same_gradients():
-    assert_checkpointing_keeps_gradients(randomise(RDN(upscale=2, **SMALL), seed=3), torch.rand(1, 3, 6, 6))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # one-line errors
-
-def test_wrong_channel_count():
-    with pytest.raises(ValueError, match='expected 3 input channels, got 4') as info:
-        RDN(**SMALL)(torch.rand(1, 4, 8, 8))
-    one_line(info)
-
 
 def test_unsupported_scale():
     with pytest.raises(ValueError, match='upscale=5 is not supported by the RDN upsampler') as info:

@@ -1,4 +1,5 @@
-"""RDNet connected variants (``dwa``, ``rir``): parity with timm's RDNet, checkpoints, the timm API, bad input.
+"""RDNet connected variants (``dwa``, ``rir``): parity with timm's RDNet, connection parameter counts, checkpoints,
+bad input (the timm model contract of every registered variant: tests/models/test_contract.py).
 
 How we know the numbers are right: the plain reference is timm's own ``RDNet`` (timm 1.0.x) with the same weights;
 ``residual`` must reproduce it bitwise and ``dwa`` / ``rir`` at initialisation within 1e-6 (float32). Parameter
@@ -15,21 +16,19 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models import group_parameters
 from timm.models.rdnet import DenseStage
 from torch import nn
 
 import densezoo
 import densezoo.models.rdnets  # noqa: F401  (registers the models)
-from densezoo.models.rdnets import BASE_ARCHS, CONNECTIONS, ConnectedRDNet, connect_rdnet
-from tests.helpers import (assert_checkpointing_keeps_gradients, one_line, perturb_connections, perturb_norms,
-                           traced_to_head)
+from densezoo.layers.connections import DenseResidualInResidual
+from densezoo.models.rdnets import BASE_ARCHS, CONNECTIONS, ConnectedRDNet
+from tests.helpers import one_line, perturb_connections, perturb_norms
 
 NAMES = [f'{arch}_{kind}' for arch in BASE_ARCHS for kind in CONNECTIONS]
 SMALL = dict(num_init_features=16, growth_rates=(8, 8, 16, 16), num_blocks_list=(3, 2, 3, 3),
              is_downsample_block=(None, True, True, True), block_type=('Block', 'Block', 'BlockESE', 'BlockESE'),
              ls_init_value=1.0)
-SMALL_CHANNELS = [40, 32, 64, 80]
 VARIANTS = [('dwa', {}), ('dwa', dict(dilation=2, period=1)), ('rir', {}),
             ('rir', dict(group_size=1, projection='conv3x3', residual_scale=0.5))]
 
@@ -83,24 +82,14 @@ def test_registered_names_do_not_shadow_timm():
 
 
 @pytest.mark.parametrize('name', NAMES)
-def test_registered_size_params_names_cfg_and_timm_weights(name):
+def test_registered_size_connection_params_weights_and_features(name):
     base, kind = name.rsplit('_', 1)
     model, plain = _meta(name), _meta_plain(base)
     count, plain_count = (sum(p.numel() for p in m.parameters()) for m in (model, plain))
     assert count == plain_count + _connection_param_count(kind, plain)
-    plain_params = [(n, p.shape) for n, p in model.named_parameters() if '.connection.' not in n]
-    assert plain_params == [(n, p.shape) for n, p in plain.named_parameters()]
-    model.load_state_dict(plain.state_dict(), strict=True)
-
-    cfg, base_cfg = model.pretrained_cfg, plain.pretrained_cfg
-    for key in ('hf_hub_id', 'input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'first_conv', 'classifier'):
-        assert cfg[key] == base_cfg[key], key
-    assert cfg['hf_hub_id'] == f'naver-ai/{base}.nv_in1k'
-    state = model.state_dict()
-    assert cfg['classifier'] + '.weight' in state and cfg['first_conv'] + '.weight' in state
+    assert model.pretrained_cfg['hf_hub_id'] == f'naver-ai/{base}.nv_in1k'
     assert model.feature_info == plain.feature_info and model.stage_ends == plain.stage_ends
-    features = model.forward_features(torch.randn(1, *cfg['input_size'], device='meta'))
-    assert features.shape == (1, model.num_features, *cfg['pool_size'])
+    assert model.no_weight_decay() == {n for n, _ in model.named_parameters() if '.connection.alphas.' in n}
 
 
 def test_published_size_of_rdnet_tiny():
@@ -118,7 +107,7 @@ def test_published_size_of_rdnet_tiny():
 
 def test_residual_connection_is_exactly_timm():
     plain = _plain()
-    model = connect_rdnet(copy.deepcopy(plain), 'residual')
+    model = densezoo.connect(copy.deepcopy(plain), 'residual')
     x = _image()
     with torch.no_grad():
         assert torch.equal(model(x), plain(x))
@@ -181,11 +170,12 @@ def test_connected_checkpoint_round_trip_and_user_reinit(caplog):
         assert (fresh(x) - plain(x)).abs().max() <= 1e-6
 
 
-def test_connect_rdnet_rewires_a_plain_timm_model_in_place():
+def test_connect_rewires_a_plain_timm_rdnet_in_place():
     plain = timm.create_model('rdnet_tiny', **SMALL)
     names = [n for n, _ in plain.named_parameters()]
-    model = connect_rdnet(plain, 'dwa', dilation=2)
+    model = densezoo.connect(plain, 'dwa', dilation=2)
     assert model is plain and model.connection_kind == 'dwa' and model.connection_args == dict(dilation=2)
+    assert type(model) is ConnectedRDNet
     assert [n for n, _ in model.named_parameters() if '.connection.' not in n] == names
     assert sorted(densezoo.connection_parameters(model)) == [
         'dense_stages.0.0.connection.alphas.0', 'dense_stages.0.0.connection.alphas.1',
@@ -208,83 +198,7 @@ def test_pickle_and_deepcopy():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the timm API on the reduced model, with the connections moved away from their start
-
-@pytest.mark.parametrize('kind', CONNECTIONS)
-def test_every_parameter_learns_and_checkpointing_keeps_gradients(kind):
-    model = _connected(kind)
-    x = _image()
-    assert_checkpointing_keeps_gradients(model, x)  # also: every gradient is non-zero
-    model.eval()
-    with torch.no_grad():
-        expected = model(x)
-        model.set_grad_checkpointing(True)
-        torch.testing.assert_close(model(x), expected)
-
-
-@pytest.mark.parametrize('kind', CONNECTIONS)
-def test_features_only_intermediates_and_prune_agree(kind):
-    model = _connected(kind)
-    x = _image(batch=1)
-    with torch.no_grad():
-        final, taps = model.forward_intermediates(x)
-        torch.testing.assert_close(final, model.forward_features(x))
-        assert [t.shape for t in taps] == [(1, c, 64 // r, 64 // r) for c, r in zip(SMALL_CHANNELS, [4, 8, 16, 32])]
-        torch.testing.assert_close(model.forward_intermediates(x, indices=2, intermediates_only=True), taps[2:])
-        torch.testing.assert_close(
-            model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True), taps[1:2])
-        expected = model(x)
-        pruned = copy.deepcopy(model)
-        assert pruned.prune_intermediate_layers([3], prune_head=False) == [3]
-        torch.testing.assert_close(pruned(x), expected)
-        pruned = copy.deepcopy(model)
-        assert pruned.prune_intermediate_layers([1], prune_norm=True) == [1]
-        assert len(pruned.dense_stages) == 2
-        torch.testing.assert_close(pruned.forward_intermediates(x, indices=[1], intermediates_only=True), taps[1:2])
-
-    for feature_cls in (None, 'getter'):
-        features = _connected(kind, features_only=True, feature_cls=feature_cls)
-        assert features.feature_info.channels() == SMALL_CHANNELS
-        assert features.feature_info.reduction() == [4, 8, 16, 32]
-        with torch.no_grad():
-            torch.testing.assert_close(features(x), taps, msg=str(feature_cls))
-
-
-@pytest.mark.parametrize('kind', CONNECTIONS)
-def test_fx_autocast_and_head(kind):
-    model = _connected(kind, num_classes=7).train()
-    x = _image()
-    traced_to_head(model, x, 'head.fc')
-
-    model.eval()
-    with torch.no_grad():
-        expected = model(x)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(x)
-        assert out.dtype == torch.bfloat16
-        assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
-        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
-        model.reset_classifier(0)
-        torch.testing.assert_close(model(x), pre_logits)
-        assert model.get_classifier().__class__ is nn.Identity
-        bf16 = copy.deepcopy(model).to(torch.bfloat16)
-        assert bf16(x.bfloat16()).dtype == torch.bfloat16
-
-
-@pytest.mark.parametrize('kind', CONNECTIONS)
-def test_optimizer_grouping_and_weight_decay(kind):
-    model = _meta(f'rdnet_tiny_{kind}')
-    groups = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
-    for name, group in groups.items():
-        if '.connection.' in name:  # with the blocks of its own dense stage
-            stage = name.split('.')[1]
-            assert group == groups[f'dense_stages.{stage}.{name.split(".")[2]}.dense_block0.gamma'], name
-    no_decay = model.no_weight_decay()
-    names = {n for n, _ in model.named_parameters()}
-    assert no_decay <= names
-    expected = {n for n in names if '.connection.alphas.' in n}
-    assert no_decay == expected and bool(expected) == (kind == 'dwa')
-
+# cost
 
 def test_flop_count_sees_the_averages_over_growth():
     """The weighted sums of ``dwa`` run over growth maps (G channels), not over the stage input."""
@@ -318,8 +232,8 @@ def test_inputs_rdnet_cannot_take(shape, message):
 
 
 @pytest.mark.parametrize('kind, options, message', [
-    ('mudd', {}, r"^connection 'mudd' is not available for RDNet; choose one of residual, dwa, rir$"),
-    ('densenet', {}, r"^connection 'densenet' is not available for RDNet; choose one of residual, dwa, rir$"),
+    ('mudd', {}, r"^RDNet takes no connection 'mudd'; choose one of residual, dwa, rir$"),
+    ('densenet', {}, r"^unknown connection kind 'densenet'; choose one of residual, dwa, rir$"),
     ('dwa', dict(group_size=3), r"^dense_stages\.0\.0: option 'group_size' does not apply to connection 'dwa'; its "
                                 r"options are: dilation, period$"),
     ('dwa', dict(dilation=0), r'^dense_stages\.0\.0: dilation=0 is not allowed; dilation must be a positive '
@@ -336,7 +250,7 @@ def test_bad_connections_and_options_are_refused(kind, options, message):
     model = timm.create_model('rdnet_tiny', **SMALL)
     before = list(model.state_dict())
     with pytest.raises(ValueError, match=message) as info:
-        connect_rdnet(model, kind, **options)
+        densezoo.connect(model, kind, **options)
     one_line(info)
     assert list(model.state_dict()) == before  # nothing changed
     with pytest.raises(ValueError, match=message):
@@ -344,15 +258,35 @@ def test_bad_connections_and_options_are_refused(kind, options, message):
 
 
 def test_other_refusals():
-    model = connect_rdnet(timm.create_model('rdnet_tiny', **SMALL), 'dwa')
+    model = densezoo.connect(timm.create_model('rdnet_tiny', **SMALL), 'dwa')
     with pytest.raises(ValueError, match=r"^dense_stages\.0\.0 is already connected \('dwa'\); connect a plain model"):
-        connect_rdnet(model, 'rir')
+        densezoo.connect(model, 'rir')
     with pytest.raises(ValueError, match=r'^dense_stages\.1\.2: connection .dwa. runs over the growth of the blocks '
                                          r'after the first; this dense stage has 1 block, give it at least 2$'):
         timm.create_model('rdnet_tiny_dwa', **{**SMALL, 'num_blocks_list': (3, 1, 3, 3)})
-    with pytest.raises(ValueError, match=r'^connect_rdnet\(\) rewires timm RDNet models, not a ResNet$'):
-        connect_rdnet(timm.create_model('resnet18'), 'dwa')
-    with pytest.raises(TypeError):
-        timm.create_model('rdnet_tiny_dwa', device='meta', not_a_model_arg=1)
+    with pytest.raises(ValueError, match=r'^connect\(\) does not know how to rewire a ResNet; it supports: '):
+        densezoo.connect(timm.create_model('resnet18'), 'dwa')
     with pytest.raises(RuntimeError, match='cannot be compiled by TorchScript.*use torch.compile or torch.export'):
         torch.jit.script(model)
+
+
+def test_dense_rir_follows_the_connection_contract():
+    """``depth`` and ``taps`` as every connection: the state after block i is the stage's concatenation there
+    (projected at the end of a group), and a truncated connection ends where the full one is cut."""
+    model = _connected('rir', connection_args=dict(group_size=1))
+    stage = model.dense_stages[0][0]
+    connection = stage.connection
+    assert isinstance(connection, DenseResidualInResidual) and connection.num_blocks == 3
+    x = torch.randn(2, 16, 16, 16)
+    with torch.no_grad():
+        taps = {0: None, 1: None, 2: None}
+        full = connection(x, stage, taps=taps)
+        assert torch.equal(taps[2], full)
+        for depth in (1, 2):
+            short = connection(x, stage, depth=depth)
+            assert short.shape[1] == 16 + depth * 8
+            assert torch.equal(short, taps[depth - 1])
+            truncated = connection.truncated(depth)
+            assert len(truncated.weight) == depth and torch.equal(truncated(x, stage), short)
+    with pytest.raises(ValueError, match=r'^depth=4 is not allowed; it must be an integer from 1 to 3$'):
+        connection(x, stage, depth=4)

@@ -1,4 +1,5 @@
-"""Swin / Swin V2 connected variants: parity with timm, checkpoints, re-initialisation, memory, bad input.
+"""Swin / Swin V2 connected variants: parity with timm, checkpoints, re-initialisation, memory, bad input (the timm
+model contract, cfgs and parameter counts of every registered variant: tests/models/test_contract.py).
 
 How we know the numbers are right: the plain reference is timm's own SwinTransformer(V2) (timm 1.0.x), loaded with
 the same weights; ``residual`` must reproduce it bitwise, and every connection that starts as the plain network
@@ -17,9 +18,10 @@ from timm.models._manipulate import reinit_non_persistent_buffers
 from torch import nn
 
 import densezoo
-from densezoo.models.swin import BASE_ARCHS, CONNECTIONS
+from densezoo.models.swin import CONNECTIONS
 from densezoo.profile import training_step_memory
 from tests.helpers import perturb_connections, perturb_norms, plain_state
+from tests.models.reduced import reduced_args, representatives
 
 SMALL = dict(embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 1, 2, 4))
 TINY_BASES = ['swin_tiny_patch4_window7_224', 'swinv2_tiny_window8_256']
@@ -59,20 +61,35 @@ def test_timm_weights_load_and_output_is_unchanged_full_size(base, kind, caplog)
         assert (model(x) - plain(x)).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize('name', densezoo.list_models('swin*', task='classification'))
-def test_timm_weights_load_into_every_variant(name):
-    """Every registered variant takes its timm base's state dict strictly (keys and shapes at the registered size,
-    on the meta device) and, at a reduced width, gives the base's output."""
+@pytest.mark.parametrize('name', representatives(densezoo.list_models('swin*', task='classification')))
+def test_every_variant_starts_as_its_timm_base(name):
+    """At the reduced size, every registered variant (one per reduced construction) loaded with its timm base's
+    weights gives the base's output. (Keys and shapes at the registered size: tests/models/test_contract.py.)"""
     base = name.rsplit('_', 1)[0]
-    with torch.device('meta'):
-        full = timm.create_model(name, device='meta')
-        full.load_state_dict(timm.create_model(base, device='meta').state_dict(), strict=True)
-    plain = _plain(base, img_size=64, **SMALL)
-    model = timm.create_model(name, img_size=64, **SMALL).eval()
+    _, args, _ = reduced_args(name)
+    plain = _plain(base, **args)
+    model = timm.create_model(name, **args).eval()
     model.load_state_dict(plain.state_dict(), strict=True)
     x = _image(64)
     with torch.no_grad():
         assert (model(x) - plain(x)).abs().max() <= 1e-6
+
+
+def test_swin_v2_with_its_registered_windows_takes_other_input_sizes():
+    """16-token windows (the contract's reduced Swin V2 has 4): other sizes without a fixed size, and a model
+    created for 128x128 resized to 256x256 (timm < 1.0.31's Swin V2 failed at 96 with such windows)."""
+    name = 'swinv2_tiny_window16_256_mudd'
+    model = perturb_connections(timm.create_model(name, img_size=64, strict_img_size=False, **SMALL)).eval()
+    fixed = timm.create_model(name, img_size=128, **SMALL).eval()
+    assert fixed.patch_embed.img_size == (128, 128)
+    fixed.set_input_size(img_size=(256, 256))
+    with torch.no_grad():
+        for size in [(64, 96), (96, 64), (36, 68)]:
+            x = torch.randn(1, 3, *size)
+            assert model(x).shape == (1, 1000)
+            assert model.forward_intermediates(x, intermediates_only=True)[0].shape[-2:] == (size[0] // 4,
+                                                                                             size[1] // 4)
+        assert fixed(_image(256, batch=1)).shape == (1, 1000)
 
 
 def _official_swin_checkpoint(state: dict, v2: bool) -> dict:
@@ -287,15 +304,3 @@ def test_inputs_a_swin_cannot_take(name, shape, kwargs, message):
     features = timm.create_model(name, img_size=64, features_only=True, **SMALL, **kwargs)
     with pytest.raises(ValueError, match=message):
         features(torch.randn(shape))
-
-
-def test_base_arch_table_matches_timm():
-    """The arguments of the registered bases are timm's: same parameter count at the registered size."""
-    for base, args in BASE_ARCHS.items():
-        with torch.device('meta'):
-            ours = timm.create_model(f'{base}_dwa', device='meta')
-            theirs = timm.create_model(base, device='meta')
-        plain_names = [n for n, _ in ours.named_parameters() if '.connection.' not in n]
-        assert plain_names == [n for n, _ in theirs.named_parameters()], base
-        assert [p.shape for n, p in ours.named_parameters() if '.connection.' not in n] == \
-               [p.shape for p in theirs.parameters()], base

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from densezoo.models import lookupvit, pvt, rdnets, swin, vit
+from densezoo.models import lookupvit, pvt, pvtv2, rdnets, swin, vit
 from densezoo.heads.segmentor import create_segmentor, load_segmentor_state
 from densezoo.metrics.segmentation import IGNORE_INDEX, check_labels, confusion_matrix, segmentation_scores
 from densezoo.tasks.segmentation import segmentation_loss, slide_inference
 
-REGISTERED = (lookupvit, pvt, rdnets, swin, vit)  # importing these registers their models with timm
+REGISTERED = (lookupvit, pvt, pvtv2, rdnets, swin, vit)  # importing these registers their models with timm
 HEAD = dict(channels=8)
 SWIN = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_size=4)
 PVT = dict(embed_dims=(16, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
