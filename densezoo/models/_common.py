@@ -66,6 +66,9 @@ def register_models(
 
         entrypoint.__name__ = entrypoint.__qualname__ = name
         entrypoint.__module__ = module_name
+        # what the entrypoint builds, readable without building it
+        entrypoint.arch, entrypoint.arch_args = arch, dict(archs[arch])
+        entrypoint.connection_kind, entrypoint.connection_args = kind, dict(options)
         entrypoint.__doc__ = (f'{title + " " if title else ""}{arch}'
                               + (f' with a {kind!r} connection between its blocks.' if kind else '.'))
         setattr(module, name, entrypoint)

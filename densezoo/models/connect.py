@@ -268,7 +268,7 @@ class ConnectedModel:
         names = set(plain()) if plain is not None else set()
         for module_name, module in self.named_modules():
             if isinstance(module, StageConnection):
-                names.update(f'{module_name}.{n}' if module_name else n for n in module.no_weight_decay_names())
+                names.update(f'{module_name}.{n}' for n in module.no_weight_decay_names())
         return names
 
     @torch.jit.ignore

@@ -5,7 +5,6 @@ at a width and depth that run in milliseconds on a CPU.
 configuration (scale, channels, upsampler, connection options) that the table does not set. Registered models that
 differ only in arguments the table sets are the same reduced model: ``representatives`` keeps one of each.
 """
-import inspect
 
 import timm
 import torch
@@ -74,21 +73,20 @@ def reduced_construction(name: str):
     """What registered model ``name`` is built from at its reduced size: its family, connection kind and options,
     and its architecture's arguments after the reduction (with the channels and classes its cfg gives the builder).
 
-    Read from the entrypoint that ``densezoo.models._common.register_models`` made (its architecture table and
-    connection options), without building the model; ``None`` for an entrypoint that does not expose them.
+    Read from the entrypoint's ``arch_args`` / ``connection_kind`` / ``connection_args`` (set by
+    ``densezoo.models._common.register_models``), without building the model; ``None`` for an entrypoint without them.
     """
     entrypoint = timm.models.model_entrypoint(name)
-    defaults = {k: p.default for k, p in inspect.signature(entrypoint).parameters.items()}
-    archs = inspect.getclosurevars(entrypoint).nonlocals.get('archs')
-    if archs is None or not {'_arch', '_kind', '_options'} <= defaults.keys():
+    if not hasattr(entrypoint, 'arch_args'):
         return None
     family, args, _ = reduced_args(name)
     cfg = timm.models.get_pretrained_cfg(name)
     built = dict(in_chans=cfg.input_size[0], num_classes=cfg.num_classes)  # timm's builder takes these from the cfg
     if cfg.fixed_input_size and 'img_size' not in args:
         built['img_size'] = cfg.input_size[-2:]
-    arguments = {**built, **archs[defaults['_arch']], **args}
-    return family, defaults['_kind'], repr(sorted(defaults['_options'].items())), repr(sorted(arguments.items()))
+    arguments = {**built, **entrypoint.arch_args, **args}
+    return (family, entrypoint.connection_kind, repr(sorted(entrypoint.connection_args.items())),
+            repr(sorted(arguments.items())))
 
 
 def representatives(names):
