@@ -35,6 +35,7 @@ setup(
         'numpy>=1.24',
         'fvcore>=0.1.5.post20221221',
         'albumentations>=1.4',
+        'opencv-python-headless>=4.9.0.80',  # 16-bit colour images (albumentations' own requirement)
         'tqdm>=4.66',
         'matplotlib>=3.7',
         'tensorboard>=2.14',

@@ -8,12 +8,16 @@ expected type. Reading files, ``_base_`` and overrides: ``densezoo.engine.config
 """
 import dataclasses
 import difflib
+import inspect
+import math
+import re
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['ConfigError', 'ModelConfig', 'DataConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig', 'build_config',
-           'config_keys', 'check_common', 'require']
+           'config_keys', 'check_common', 'check_device', 'require']
 
 
 class ConfigError(ValueError):
@@ -93,6 +97,7 @@ class TrainConfig:
     ema_decay: Optional[float] = None
     ema_warmup: bool = False
     checkpoint_every: Optional[int] = None  # optimizer steps between checkpoints (default: every epoch)
+    keep_checkpoints: int = 3  # the newest checkpoints kept (the best one is kept besides)
     eval_every: int = 1  # epochs
     log_every: int = 10  # optimizer steps
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,12 +158,16 @@ def _coerce(key: str, value, tp):
     if tp is float:
         if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise wrong from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
-        return float(value)
+        else:
+            number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f'{key}={value!r} is not allowed; {key} must be a finite number')
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise wrong
@@ -216,10 +225,145 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: a run name: its folder under ``output``
+_RUN_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')
+_DEVICE = re.compile(r'cpu|cuda(:[0-9]+)?|mps')
+#: the names timm.scheduler.create_scheduler_v2 accepts (timm/scheduler/scheduler_factory.py)
+_TIMM_SCHEDULERS = ('cosine', 'tanh', 'step', 'constant', 'multistep', 'plateau', 'poly', 'wsd', 'rsqrt', 'none')
+#: timm schedules the engine cannot run: it updates the schedule every optimizer step, without a metric
+_UNSUPPORTED_SCHEDULERS = {
+    'plateau': 'it steps once per epoch on a validation metric; use cosine, step or multistep',
+    'none': 'for a fixed learning rate use constant',
+}
+#: create_optimizer_v2 arguments the engine sets from the optim section
+_OPTIM_KEYS = {'opt': 'name', 'lr': 'lr', 'weight_decay': 'weight_decay', 'momentum': 'momentum',
+               'layer_decay': 'layer_decay'}
+
+
+def check_device(device: Optional[str]) -> None:
+    """Check the form of a ``device`` value (cpu, cuda, cuda:N, mps or None: cuda when available); whether the
+    device exists is checked where it is opened (``densezoo.distributed.init_distributed``)."""
+    require(device is None or (isinstance(device, str) and _DEVICE.fullmatch(device) is not None),
+            f'device={device!r} is not allowed; use cpu, cuda, cuda:N (N: a GPU index) or mps, or leave device unset '
+            f'(cuda when available, else cpu)')
+
+
+def _require_probability(key: str, value: float) -> None:
+    require(0 <= value <= 1, f'{key}={value} must lie between 0 and 1')
+
+
+def _require_pair(key: str, pair: Tuple[float, float]) -> None:
+    require(0 < pair[0] <= pair[1], f'{key}={list(pair)} must be two positive numbers, low <= high')
+
+
+def _closest(value: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else f'use one of {", ".join(names)}'
+
+
+def _check_run(config: TrainConfig) -> None:
+    require(config.name == '' or _RUN_NAME.fullmatch(config.name) is not None,
+            f"name={config.name!r} is not allowed; a run name (its folder under output) is made of letters, digits, "
+            f"'-', '_' and '.', and does not start with '.'")
+    require(0 <= config.seed < 2 ** 32, f'seed={config.seed} must lie between 0 and {2 ** 32 - 1}')
+    check_device(config.device)
+    require(config.eval_every >= 1, f'eval_every={config.eval_every} must be at least 1 (epochs)')
+    require(config.log_every >= 1, f'log_every={config.log_every} must be at least 1 (optimizer steps)')
+
+
+def _check_model(model: ModelConfig) -> None:
+    require(model.drop_path_rate is None or 0 <= model.drop_path_rate < 1,
+            f'model.drop_path_rate={model.drop_path_rate} must be 0 or more and below 1 (e.g. 0.1)')
+    require('pretrained' not in model.kwargs, 'model.kwargs.pretrained is not allowed; set model.pretrained instead')
+    require(model.drop_path_rate is None or 'drop_path_rate' not in model.kwargs,
+            'model.kwargs.drop_path_rate and model.drop_path_rate are both set; keep model.drop_path_rate')
+    if model.pretrained_file:
+        path = Path(model.pretrained_file)
+        require(path.exists(), f'model.pretrained_file={model.pretrained_file!r} does not exist')
+        require(path.is_file(), f'model.pretrained_file={model.pretrained_file!r} is a folder; give the weights file '
+                                f'(.safetensors, .pth)')
+        require('pretrained_cfg_overlay' not in model.kwargs,
+                'model.kwargs.pretrained_cfg_overlay and model.pretrained_file are both set; keep '
+                'model.pretrained_file')
+
+
+def _check_data(data: DataConfig) -> None:
+    require(data.img_size is None or data.img_size >= 1, f'data.img_size={data.img_size} must be at least 1')
+    require(data.val_batch_size is None or data.val_batch_size >= 1,
+            f'data.val_batch_size={data.val_batch_size} must be at least 1 (or null: data.batch_size)')
+    _require_probability('data.hflip', data.hflip)
+    require(data.color_jitter >= 0, f'data.color_jitter={data.color_jitter} must be 0 or more (0: no jitter)')
+    for key in ('mean', 'std'):
+        values = getattr(data, key)
+        if values is None:
+            continue
+        require(len(values) in (1, 3), f'data.{key}={list(values)} must have 3 values (RGB) or 1 (grey)')
+        low_ok = all(v > 0 for v in values) if key == 'std' else all(v >= 0 for v in values)
+        require(low_ok and all(v <= 1 for v in values),
+                f'data.{key}={list(values)} must lie {"in (0, 1]" if key == "std" else "between 0 and 1"}: images '
+                f'are scaled to [0, 1] first (ImageNet: mean 0.485, 0.456, 0.406, std 0.229, 0.224, 0.225); divide '
+                f'0-255 values by 255')
+    for number, step in enumerate(data.albumentations, 1):
+        require(isinstance(step, dict) and isinstance(step.get('name'), str) and bool(step['name']),
+                f'data.albumentations step {number} ({step!r}) needs a name; write steps as '
+                f'{{name: HorizontalFlip, p: 0.5}}')
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    import timm.optim
+    known = timm.optim.list_optimizers()
+    name = optim.name.lower()
+    base = name[len('lookahead_'):] if name.startswith('lookahead_') else name
+    require(base in known, f'optim.name={optim.name!r} is not a timm optimizer; {_closest(base, known)}')
+    require(optim.lr > 0, f'optim.lr={optim.lr} must be positive')
+    require(optim.weight_decay >= 0, f'optim.weight_decay={optim.weight_decay} must be 0 or more')
+    require(0 <= optim.momentum < 1, f'optim.momentum={optim.momentum} must be 0 or more and below 1 (e.g. 0.9)')
+    require(optim.layer_decay is None or 0 < optim.layer_decay <= 1,
+            f'optim.layer_decay={optim.layer_decay} must lie in (0, 1] (e.g. 0.75), or be null (no layer decay)')
+    require(optim.clip_grad is None or optim.clip_grad > 0,
+            f'optim.clip_grad={optim.clip_grad} must be positive, or null (no clipping)')
+    for key in optim.kwargs:
+        require(key not in _OPTIM_KEYS, f'optim.kwargs.{key} is not allowed; set optim.{_OPTIM_KEYS.get(key)} instead')
+    try:  # the optimizer's own arguments (an optimizer that needs CUDA or a package cannot be inspected here)
+        params = inspect.signature(timm.optim.get_optimizer_class(base, bind_defaults=False)).parameters
+    except Exception:
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    factory = set(inspect.signature(timm.optim.create_optimizer_v2).parameters)
+    arguments = [p for p in params if p != 'params']
+    # create_optimizer_v2 takes its own options and drops eps / betas for optimizers without them
+    bad = [key for key in optim.kwargs if key not in arguments and key not in factory and key not in ('eps', 'betas')]
+    require(not bad, f'optim.kwargs has {", ".join(bad)}, which optimizer {base} does not take; its arguments are: '
+                     f'{", ".join(arguments)}; remove {"it" if len(bad) == 1 else "them"} from the config')
+
+
+def _check_sched(sched: SchedConfig, optim: OptimConfig) -> None:
+    require(sched.name in _TIMM_SCHEDULERS,
+            f'sched.name={sched.name!r} is not a timm scheduler; {_closest(sched.name, _TIMM_SCHEDULERS)}')
+    require(sched.name not in _UNSUPPORTED_SCHEDULERS,
+            f'sched.name={sched.name!r} is not supported: the engine updates the schedule every optimizer step; '
+            f'{_UNSUPPORTED_SCHEDULERS.get(sched.name)}')
+    require(sched.warmup_epochs >= 0, f'sched.warmup_epochs={sched.warmup_epochs} must be 0 or more')
+    require(sched.warmup_lr >= 0, f'sched.warmup_lr={sched.warmup_lr} must be 0 or more')
+    require(sched.min_lr >= 0, f'sched.min_lr={sched.min_lr} must be 0 or more')
+    require(sched.min_lr <= optim.lr, f'sched.min_lr={sched.min_lr} is larger than optim.lr={optim.lr}; the schedule '
+                                      f'decays from optim.lr to sched.min_lr')
+    require(sched.decay_rate > 0, f'sched.decay_rate={sched.decay_rate} must be positive')
+    milestones = list(sched.decay_milestones)
+    require(all(m >= 0 for m in milestones) and all(a < b for a, b in zip(milestones, milestones[1:])),
+            f'sched.decay_milestones={milestones} must be 0 or more and increasing')
+
+
 def check_common(config: TrainConfig) -> None:
     """Check the values of the keys every task shares; raises ``ConfigError`` with a one-line reason."""
     require(bool(config.model.name), 'model.name is missing; set it to a timm or densezoo model name')
     require(bool(config.data.root), 'data.root is missing; set it to the dataset folder')
+    _check_run(config)
+    _check_model(config.model)
+    _check_data(config.data)
+    _check_optim(config.optim)
+    _check_sched(config.sched, config.optim)
     require(config.epochs is not None or config.max_steps is not None,
             'epochs is null and max_steps is not set; set one of them')
     require(config.epochs is None or config.epochs >= 1,
@@ -239,3 +383,4 @@ def check_common(config: TrainConfig) -> None:
     require(config.max_steps is None or config.max_steps >= 1, f'max_steps={config.max_steps} must be at least 1')
     require(config.sched.unit in ('epochs', 'steps'),
             f"sched.unit={config.sched.unit!r} is not allowed; use 'epochs' or 'steps'")
+    require(config.keep_checkpoints >= 1, f'keep_checkpoints={config.keep_checkpoints} must be at least 1')

@@ -13,19 +13,22 @@ ROOT = Path(densezoo.__file__).parent
 #: sub-package (or top-level module) -> the densezoo sub-packages it may import
 ALLOWED = {
     'version': set(),
-    'distributed': set(),
+    'distributed': {'config'},
     'config': set(),
+    'checkpoint_io': set(),
     'layers': set(),
     'metrics': set(),
     'datasets': set(),
     'models': {'layers'},
     'registry': {'models'},
-    'heads': {'layers', 'models'},
+    'heads': {'checkpoint_io', 'layers', 'models'},
     '__init__': {'layers', 'models', 'heads', 'registry', 'version'},
     'profile': {'__init__', 'layers', 'models', 'registry'},
-    'mm': {'__init__', 'layers', 'models', 'heads', 'registry'},
-    'tasks': {'config', 'datasets', 'distributed', 'heads', 'layers', 'metrics', 'models', 'profile', 'registry'},
-    'engine': {'config', 'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry', 'tasks'},
+    'mm': {'__init__', 'checkpoint_io', 'layers', 'models', 'heads', 'registry'},
+    'tasks': {'checkpoint_io', 'config', 'datasets', 'distributed', 'heads', 'layers', 'metrics', 'models', 'profile',
+              'registry'},
+    'engine': {'checkpoint_io', 'config', 'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry',
+               'tasks'},
     'cli': {'__init__', 'config', 'datasets', 'engine', 'profile', 'registry', 'tasks'},
 }
 

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 import densezoo  # noqa: F401  (registers densezoo's models)
+from densezoo.cli.argtypes import device_name, float_at_least, int_at_least, int_between
 from densezoo.datasets import DataError
 from densezoo.profile.common import parse_model_kwargs, write_json
 from densezoo.tasks.sr_eval import (EvalError, evaluate_benchmark, format_scores, load_sr_model,
@@ -30,10 +31,12 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', required=True, metavar='FILE',
                         help='weights file (official or timm), or a densezoo run / checkpoint folder')
     parser.add_argument('--data', nargs='+', required=True, metavar='DIR', help='benchmark folders (DIR/HR/*.png)')
-    parser.add_argument('--scale', type=int, default=None, help="upscaling factor (default: the model's)")
+    parser.add_argument('--scale', type=int_at_least(1), default=None, help="upscaling factor (default: the model's)")
     parser.add_argument('--self-ensemble', action='store_true', help='x8 flip / transpose test-time ensemble')
-    parser.add_argument('--tile', type=int, default=None, metavar='N', help='tiled inference with N x N LR tiles')
-    parser.add_argument('--tile-overlap', type=int, default=32, metavar='N', help='overlap of the tiles (LR pixels)')
+    parser.add_argument('--tile', type=int_at_least(1), default=None, metavar='N',
+                        help='tiled inference with N x N LR tiles')
+    parser.add_argument('--tile-overlap', type=int_at_least(0), default=32, metavar='N',
+                        help='overlap of the tiles (LR pixels)')
     parser.add_argument('--save', default=None, metavar='DIR', help='write the outputs as DIR/<benchmark>/<image>.png')
     parser.add_argument('--json', nargs='?', const='-', default=None, metavar='FILE',
                         help='write the results as JSON to FILE (or stdout)')
@@ -41,15 +44,18 @@ def parse_args(argv=None):
     channel.add_argument('--y-channel', dest='y_channel', action='store_true', default=None,
                          help='score the Y channel (default for upscaling models)')
     channel.add_argument('--rgb', dest='y_channel', action='store_false', help='score RGB (default for upscale 1)')
-    parser.add_argument('--crop-border', type=int, default=None, help='pixels cut from each border (default: scale)')
+    parser.add_argument('--crop-border', type=int_at_least(0), default=None,
+                        help='pixels cut from each border (default: scale)')
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model arguments')
     parser.add_argument('--no-ema', action='store_true', help="use a densezoo checkpoint's model weights, not its EMA")
     parser.add_argument('--grey', choices=('L', 'Y'), default='L', help='grey conversion for 1-channel models')
     parser.add_argument('--degradation', choices=('bicubic', 'noise', 'jpeg'), default='bicubic',
                         help='how inputs are made from HR without an LR folder (noise / jpeg: upscale-1 models)')
-    parser.add_argument('--noise-sigma', type=float, default=25.0, help='Gaussian noise level (0..255 scale)')
-    parser.add_argument('--jpeg-quality', type=int, default=40, help='JPEG quality of the inputs')
-    parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
+    parser.add_argument('--noise-sigma', type=float_at_least(0), default=25.0,
+                        help='Gaussian noise level (0..255 scale)')
+    parser.add_argument('--jpeg-quality', type=int_between(1, 100), default=40, help='JPEG quality of the inputs')
+    parser.add_argument('--device', type=device_name('cpu', 'cuda', 'mps'), default=None,
+                        help='cpu, cuda, cuda:N or mps (default: cuda when available)')
     return parser.parse_args(argv)
 
 
@@ -59,6 +65,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings('ignore', category=FutureWarning)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     try:
+        available = dict(cpu=True, cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available())
+        if not available[device.type] or device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+            raise EvalError(f'--device {args.device} was asked for but torch does not see it; use --device cpu')
         forward = sr_forward(args.tile, args.tile_overlap, args.self_ensemble)
         model, weights = load_sr_model(args.model, args.checkpoint, parse_model_kwargs(args.model_kwargs),
                                        ema=not args.no_ema)

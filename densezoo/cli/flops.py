@@ -13,6 +13,7 @@ import sys
 import fvcore
 import torch
 
+from densezoo.cli.argtypes import int_at_least
 from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,
                                      import_modules,
                                      parse_model_kwargs, write_json)
@@ -22,8 +23,9 @@ from densezoo.profile.flops import count, format_table
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='+', metavar='MODEL', help='timm / densezoo model names')
-    parser.add_argument('--img-size', type=int, default=None, help='square input size (default: the cfg size)')
-    parser.add_argument('--batch-size', type=int, default=1, help='batch size of the counted forward pass')
+    parser.add_argument('--img-size', type=int_at_least(1), default=None,
+                        help='square input size (default: the cfg size)')
+    parser.add_argument('--batch-size', type=int_at_least(1), default=1, help='batch size of the counted forward pass')
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model args')
     parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
                         help='import MODULE first (a plugin registering more timm models, e.g. a reference '
@@ -49,10 +51,6 @@ def main(argv=None) -> int:
         import_modules(args.imports)
         check_model_names(args.models)
         model_kwargs = parse_model_kwargs(args.model_kwargs)
-        if args.batch_size < 1:
-            raise ValueError(f'--batch-size {args.batch_size} is not allowed; it must be a positive integer')
-        if args.img_size is not None and args.img_size < 1:
-            raise ValueError(f'--img-size {args.img_size} is not allowed; it must be a positive integer')
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from densezoo.cli.argtypes import device_name, int_at_least
 from densezoo.profile.common import (check_model_names, create_model_for_input, format_columns,
                                      import_modules,
                                      parse_model_kwargs, write_json)
@@ -21,16 +22,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='+', metavar='MODEL', help='timm / densezoo model names; ratios are '
                                                                    'against the first')
-    parser.add_argument('--batch-size', type=int, nargs='+', default=[1], help='batch sizes to measure')
-    parser.add_argument('--img-size', type=int, default=None, help='square input size (default: the cfg size)')
+    parser.add_argument('--batch-size', type=int_at_least(1), nargs='+', default=[1], help='batch sizes to measure')
+    parser.add_argument('--img-size', type=int_at_least(1), default=None,
+                        help='square input size (default: the cfg size)')
     parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='autocast dtype')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
     parser.add_argument('--compile', action='store_true', help='torch.compile every model (inductor)')
     parser.add_argument('--train', action='store_true', help='time a training step (forward + backward)')
-    parser.add_argument('--warmup', type=int, default=5, help='untimed iterations per model')
-    parser.add_argument('--iters', type=int, default=20, help='timed iterations per model (interleaved)')
-    parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
-    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
+    parser.add_argument('--warmup', type=int_at_least(0), default=5, help='untimed iterations per model')
+    parser.add_argument('--iters', type=int_at_least(1), default=20, help='timed iterations per model (interleaved)')
+    parser.add_argument('--device', type=device_name('cpu', 'cuda'), default=None,
+                        help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--threads', type=int_at_least(1), default=None, help='CPU threads (default: torch default)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
     parser.add_argument('--tune-malloc', action='store_true',
                         help="keep freed memory in glibc's heap instead of returning it to the OS; removes the "
@@ -70,8 +73,13 @@ def main(argv=None) -> int:
         import_modules(args.imports)
         check_model_names(args.models)
         model_kwargs = parse_model_kwargs(args.model_kwargs)
-        if args.device == 'cuda' and not torch.cuda.is_available():
-            raise ValueError('--device cuda was asked for but no CUDA device is available')
+        if args.device and args.device.startswith('cuda'):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise ValueError(f'--device {args.device} was asked for but no CUDA device is available')
+            if torch.device(args.device).index is not None and torch.device(args.device).index >= count:
+                raise ValueError(f'--device {args.device} was asked for but torch sees {count} CUDA device(s); '
+                                 f'use an index below {count}')
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -89,7 +97,11 @@ def main(argv=None) -> int:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     models, input_sizes = {}, {}
     for index, name in enumerate(args.models):
-        model, input_size = create_model_for_input(name, args.img_size, **model_kwargs)
+        try:
+            model, input_size = create_model_for_input(name, args.img_size, **model_kwargs)
+        except (TypeError, ValueError) as err:  # a kwarg the model does not take, or cannot use
+            print(f'error: {name}: {" ".join(str(err).split())}', file=sys.stderr)
+            return 2
         model = model.to(device=device, memory_format=memory_format)
         label = name if name not in models else f'{name} #{index + 1}'  # the same model twice shows the noise
         models[label] = torch.compile(model) if args.compile else model

@@ -4,6 +4,8 @@
   validation class unknown to training are one-line ``DataError``s.
 * Unreadable images: ``corrupt='skip'`` warns (naming the file) and uses the next image instead; ``'error'``
   stops with the file's name. ``verify=True`` opens every image once before training.
+* 16-bit images (grey and RGB PNGs) are read at their depth (``read_image``) and brought to 8 bits by rounding
+  ``value / 257`` (``open_rgb``), not saturated as by PIL's ``convert('RGB')``.
 * Augmentation randomness is seeded per sample from (seed, epoch, index), so a sample looks the same whichever
   worker loads it and whenever: a resumed run sees exactly the batches of an uninterrupted one.
 """
@@ -12,7 +14,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,7 +23,11 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from timm.data.readers.img_extensions import get_img_extensions, is_img_extension
 
-__all__ = ['DataError', 'ImageFolderDataset', 'EpochSampler', 'seeded_rng', 'preserved_rng', 'list_classes']
+__all__ = ['DataError', 'ImageFolderDataset', 'EpochSampler', 'seeded_rng', 'preserved_rng', 'list_classes',
+           'bit_depth', 'read_image', 'open_rgb', 'to_uint8', 'warn_skipped']
+
+#: PIL modes of 16-bit grey images ('I;16' from PNG; 'I' holds 32-bit integers, read as 16-bit values)
+GREY16_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 
 
 class DataError(ValueError):
@@ -49,6 +55,67 @@ def seeded_rng(seed: int, restore: bool = True):
         np.random.seed(seed % 2 ** 32)
         random.seed(seed)
         yield
+
+
+def bit_depth(img: Image.Image) -> int:
+    """16 for an opened, not yet decoded image of 16 bits per channel, else 8.
+
+    PIL reads 16-bit RGB(A) PNGs as 8-bit 'RGB' images; their raw mode (e.g. 'RGB;16B') still tells the depth.
+    """
+    if img.mode in GREY16_MODES:
+        return 16
+    for tile in img.tile:
+        args = tile[3]
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and ';16' in rawmode:
+            return 16
+    return 8
+
+
+def _read_16bit(path: Path, img: Image.Image) -> np.ndarray:
+    if img.mode in GREY16_MODES:
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+    import cv2  # PIL cannot hold 16-bit colour
+    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise OSError('OpenCV cannot decode this 16-bit image')
+    if pixels.ndim == 3 and pixels.shape[2] >= 3:
+        pixels = cv2.cvtColor(pixels[..., :3], cv2.COLOR_BGR2RGB)
+    elif pixels.ndim == 3:  # grey and alpha
+        pixels = pixels[..., 0]
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.uint16) * 257
+    return pixels.astype(np.uint16)
+
+
+def read_image(path, mode: str = 'RGB') -> Tuple[Union[Image.Image, np.ndarray], int]:
+    """An image file and its bit depth: 8-bit images as a ``PIL.Image`` converted to ``mode``, 16-bit ones as a
+    uint16 array, (H, W) for grey or (H, W, 3) RGB (alpha dropped; colour through OpenCV, as PIL cannot hold it)."""
+    path = Path(path)
+    with Image.open(path) as img:
+        if bit_depth(img) == 16:
+            return _read_16bit(path, img), 16
+        return img.convert(mode), 8
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint16 values as the nearest 8-bit ones, ``round(value / 257)`` (65535 -> 255)."""
+    return np.round(pixels.astype(np.float32) / 257).astype(np.uint8)
+
+
+def open_rgb(path) -> Image.Image:
+    """An image file as an 8-bit RGB ``PIL.Image``; 16-bit images are rounded to 8 bits (``to_uint8``)."""
+    image, bits = read_image(path)
+    if bits == 8:
+        return image.convert('RGB')
+    pixels = to_uint8(image)
+    return Image.fromarray(np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels)
+
+
+def warn_skipped(paths, what: str = 'image') -> None:
+    """One warning for the unreadable files left out: how many, and the first five."""
+    shown = ', '.join(map(str, paths[:5])) + (' ...' if len(paths) > 5 else '')
+    warnings.warn(f'skipping {len(paths)} unreadable {what}{"" if len(paths) == 1 else "s"}: {shown}')
 
 
 def _is_image(name: str) -> bool:
@@ -135,8 +202,7 @@ class ImageFolderDataset(Dataset):
                                     f'data.corrupt_images=skip') from None
                 bad.append(path)
         if bad:
-            warnings.warn(f'skipping {len(bad)} unreadable images: {", ".join(map(str, bad[:5]))}'
-                          + (' ...' if len(bad) > 5 else ''))
+            warn_skipped(bad)
             self.samples = [s for s in self.samples if s[0] not in set(bad)]
 
     def load(self, index: int) -> Tuple[Image.Image, int]:
@@ -144,8 +210,7 @@ class ImageFolderDataset(Dataset):
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             try:
-                with Image.open(path) as img:
-                    return img.convert('RGB'), label
+                return open_rgb(path), label
             except Exception as err:
                 if self.corrupt == 'error':
                     raise DataError(f'cannot read image {str(path)!r} ({err}); fix or remove it, or set '

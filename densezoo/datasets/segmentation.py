@@ -15,12 +15,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from densezoo.datasets.folder import DataError, _is_image, seeded_rng
+from densezoo.datasets.folder import DataError, _is_image, open_rgb, seeded_rng
 from densezoo.datasets.transforms import albumentations_steps, seed_albumentations
 
 NEAREST_EXACT = 6  # cv2.INTER_NEAREST_EXACT: pixel centres map to pixel centres (cv2.INTER_NEAREST shifts them)
+#: PIL modes of label maps: one class index per pixel (grey or palette, 8 or 16 bits)
+LABEL_MODES = ('L', 'P', 'I', 'I;16', 'I;16B', 'I;16L')
 
-__all__ = ['SegmentationDataset', 'pair_segmentation_files', 'build_seg_pipeline', 'collate_segmentation']
+__all__ = ['SegmentationDataset', 'pair_segmentation_files', 'build_seg_pipeline', 'collate_segmentation',
+           'LABEL_MODES']
 
 
 def pair_segmentation_files(root, split: str) -> List[Tuple[Path, Path]]:
@@ -114,10 +117,9 @@ class SegmentationDataset(Dataset):
 
     def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.samples[index]
-        with Image.open(image_path) as img:
-            image = np.asarray(img.convert('RGB'))
+        image = np.asarray(open_rgb(image_path))  # 16-bit images rounded to 8 bits
         with Image.open(label_path) as lab:
-            if lab.mode not in ('L', 'P', 'I', 'I;16'):
+            if lab.mode not in LABEL_MODES:
                 raise DataError(f'label map {str(label_path)!r} has mode {lab.mode}; expected one class index per '
                                 f'pixel (a grey or palette PNG)')
             labels = np.asarray(lab).astype(np.int64)

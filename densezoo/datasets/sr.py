@@ -2,7 +2,8 @@
 
 ``SRPairedDataset`` yields ``(lr, hr)`` float32 tensors (C, h, w) and (C, h * scale, w * scale) in [0, 1], from
 paired HR / LR folders or from HR images degraded by bicubic downscaling, Gaussian noise or JPEG compression;
-``pair_images``, ``load_image`` and ``degrade`` are its pieces.
+``pair_images``, ``load_image`` and ``degrade`` are its pieces. 16-bit images keep their depth (values / 65535;
+8-bit ones / 255), and each sample (``SRPair``) carries its HR image's depth, at which validation scores it.
 
 Design notes: docs/data.md.
 """
@@ -17,17 +18,19 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from densezoo.datasets.folder import DataError, _is_image, seeded_rng
+from densezoo.datasets.folder import DataError, _is_image, read_image, seeded_rng, warn_skipped
 from densezoo.datasets.imresize import imresize
 from densezoo.datasets.transforms import seed_albumentations
 
-__all__ = ['SRPairedDataset', 'list_images', 'pair_images', 'load_image', 'tensor_to_image', 'degrade',
-           'collate_pairs', 'DEGRADATIONS', 'SR_AUGMENTATIONS']
+__all__ = ['SRPairedDataset', 'SRPair', 'list_images', 'pair_images', 'load_image', 'load_image_bits',
+           'tensor_to_image', 'degrade', 'collate_pairs', 'collate_pairs_and_bits', 'DEGRADATIONS',
+           'SR_AUGMENTATIONS']
 
 DEGRADATIONS = ('bicubic', 'noise', 'jpeg')
 #: albumentations transforms that keep LR and HR aligned (symmetries of the square)
 SR_AUGMENTATIONS = ('HorizontalFlip', 'VerticalFlip', 'Transpose', 'RandomRotate90', 'D4', 'SquareSymmetry')
 _MARGIN = 4  # LR pixels around a crop that bicubic downscaling of the crop needs (the kernel reaches 3)
+_Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr, for R, G, B in [0, 1]; Y in 16..235
 
 
 def list_images(folder: Path) -> List[Path]:
@@ -78,16 +81,37 @@ def pair_images(hr_dir, lr_dir=None, scale: int = 1) -> List[Tuple[Path, Optiona
     return pairs
 
 
+def _load_16bit(pixels: np.ndarray, channels: int, grey: str) -> np.ndarray:
+    rgb = pixels.astype(np.float64) / 65535
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    if channels == 3:
+        return rgb.astype(np.float32)
+    if grey == 'L':  # PIL's luma weights, rounded to 16-bit levels as PIL rounds to 8-bit ones
+        value = rgb @ np.array([0.299, 0.587, 0.114])
+    else:
+        value = (16 + rgb @ np.array(_Y_WEIGHTS)) / 255
+    return (np.round(value * 65535) / 65535).astype(np.float32)[..., None]
+
+
+def load_image_bits(path: Path, channels: int = 3, grey: str = 'L') -> Tuple[np.ndarray, int]:
+    """``load_image`` and the file's bit depth (8 or 16)."""
+    image, bits = read_image(path, 'RGB' if channels == 3 or grey == 'Y' else 'L')
+    if bits == 16:
+        return _load_16bit(image, channels, grey), 16
+    if channels == 3:
+        return np.asarray(image, dtype=np.float32) / 255, 8
+    if grey == 'L':
+        return np.asarray(image, dtype=np.float32)[..., None] / 255, 8
+    rgb = np.asarray(image, dtype=np.float64)
+    y = 16 + (_Y_WEIGHTS[0] * rgb[..., 0] + _Y_WEIGHTS[1] * rgb[..., 1] + _Y_WEIGHTS[2] * rgb[..., 2]) / 255
+    return (np.round(y) / 255).astype(np.float32)[..., None], 8
+
+
 def load_image(path: Path, channels: int = 3, grey: str = 'L') -> np.ndarray:
-    """An image file as float32 (H, W, C) in [0, 1]; 1 channel: PIL's 'L' luma or MATLAB's Y (``grey``)."""
-    with Image.open(path) as img:
-        if channels == 3:
-            return np.asarray(img.convert('RGB'), dtype=np.float32) / 255
-        if grey == 'L':
-            return np.asarray(img.convert('L'), dtype=np.float32)[..., None] / 255
-        rgb = np.asarray(img.convert('RGB'), dtype=np.float64)
-    y = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
-    return (np.round(y) / 255).astype(np.float32)[..., None]
+    """An image file as float32 (H, W, C) in [0, 1]: 8-bit values / 255, 16-bit ones / 65535; 1 channel: PIL's
+    'L' luma or MATLAB's Y (``grey``), rounded to levels of the file's depth."""
+    return load_image_bits(path, channels, grey)[0]
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -101,17 +125,18 @@ def tensor_to_image(img: torch.Tensor) -> Image.Image:
 
 
 def degrade(hr: np.ndarray, kind: str = 'bicubic', scale: int = 1, noise_sigma: float = 25.0,
-            jpeg_quality: int = 40) -> np.ndarray:
+            jpeg_quality: int = 40, bits: int = 8) -> np.ndarray:
     """The LR input for an HR image (H, W, C) float in [0, 1]. Noise draws from torch's global RNG.
 
-    Bicubic: MATLAB's ``imresize`` of the 8-bit image (as it was made for the released LR images): the HR values are
-    taken as 8-bit levels and the result is rounded to 8-bit levels.
+    Bicubic: MATLAB's ``imresize`` of the integer image (as it was made for the released LR images): the HR values
+    are taken as levels of ``bits`` bits (8 or 16) and the result is rounded to such levels.
     """
     if kind == 'bicubic':
         if scale == 1:
             return hr.copy()
-        lr = imresize(np.round(hr.astype(np.float64) * 255), 1 / scale)
-        return (np.clip(np.round(lr), 0, 255) / 255).astype(np.float32)
+        peak = 2 ** bits - 1
+        lr = imresize(np.round(hr.astype(np.float64) * peak), 1 / scale)
+        return (np.clip(np.round(lr), 0, peak) / peak).astype(np.float32)
     if kind == 'noise':
         noise = torch.randn(hr.shape, dtype=torch.float32).numpy() * (noise_sigma / 255)
         return (hr + noise).astype(np.float32)
@@ -127,10 +152,27 @@ def degrade(hr: np.ndarray, kind: str = 'bicubic', scale: int = 1, noise_sigma: 
     raise ValueError(f'degradation {kind!r} is not known; use one of {", ".join(DEGRADATIONS)}')
 
 
+class SRPair(tuple):
+    """An ``(lr, hr)`` sample that also carries the bit depth of its HR image (``bits``: 8 or 16) for scoring."""
+
+    def __new__(cls, lr: torch.Tensor, hr: torch.Tensor, bits: int = 8):
+        pair = super().__new__(cls, (lr, hr))
+        pair.bits = bits
+        return pair
+
+    def __reduce__(self):
+        return type(self), (self[0], self[1], self.bits)
+
+
 def collate_pairs(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
     """Collate whole images of different sizes: a tuple of LR tensors and a tuple of HR tensors."""
     lrs, hrs = zip(*batch)
     return tuple(lrs), tuple(hrs)
+
+
+def collate_pairs_and_bits(batch: Sequence[SRPair]):
+    """``collate_pairs`` and a tuple of the HR images' bit depths (8 for samples without one)."""
+    return (*collate_pairs(batch), tuple(getattr(sample, 'bits', 8) for sample in batch))
 
 
 def _augmentation(steps: Optional[Sequence[Dict[str, Any]]], hflip: float, rot: bool):
@@ -263,24 +305,23 @@ class SRPairedDataset(Dataset):
                     bad.append(pair)
                     break
         if bad:
-            warnings.warn(f'skipping {len(bad)} unreadable image pairs: {", ".join(str(p[0]) for p in bad[:5])}'
-                          + (' ...' if len(bad) > 5 else ''))
+            warn_skipped([pair[0] for pair in bad], 'image pair')
             self.samples = [s for s in self.samples if s not in bad]
             if not self.samples:
                 raise DataError(f'no readable image in {str(self.hr_dir)!r}')
 
-    def load(self, index: int) -> Tuple[int, np.ndarray, Optional[np.ndarray]]:
-        """The index actually used and its HR and LR images (LR None without an LR folder), applying the corrupt
-        policy."""
+    def load(self, index: int) -> Tuple[int, np.ndarray, Optional[np.ndarray], int]:
+        """The index actually used, its HR and LR images (LR None without an LR folder) and the HR image's bit depth,
+        applying the corrupt policy."""
         for offset in range(len(self.samples)):
             used = (index + offset) % len(self.samples)
             hr_path, lr_path = self.samples[used]
             path = hr_path
             try:
-                hr = load_image(hr_path, self.channels, self.grey)
+                hr, bits = load_image_bits(hr_path, self.channels, self.grey)
                 path = lr_path
                 lr = load_image(lr_path, self.channels, self.grey) if lr_path is not None else None
-                return used, hr, lr
+                return used, hr, lr, bits
             except Exception as err:
                 if self.corrupt == 'error':
                     raise self._unreadable(path, err) from None
@@ -299,10 +340,10 @@ class SRPairedDataset(Dataset):
             raise DataError(f'image {str(self.samples[index][0])!r} gives a {lr_size[1]}x{lr_size[0]} LR image, '
                             f'smaller than lr_patch={self.lr_patch}; lower the patch size or remove the image')
 
-    def _degrade(self, hr: np.ndarray) -> np.ndarray:
-        return degrade(hr, self.degradation, self.scale, self.noise_sigma, self.jpeg_quality)
+    def _degrade(self, hr: np.ndarray, bits: int) -> np.ndarray:
+        return degrade(hr, self.degradation, self.scale, self.noise_sigma, self.jpeg_quality, bits)
 
-    def _training_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray]):
+    def _training_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray], bits: int):
         s, p = self.scale, self.lr_patch
         if lr is not None:
             self._check_sizes(index, hr, lr)
@@ -320,17 +361,17 @@ class SRPairedDataset(Dataset):
             # downscaling the whole image, whose border is mirrored in the same place
             y0, x0 = max(top - _MARGIN, 0), max(left - _MARGIN, 0)
             y1, x1 = min(top + p + _MARGIN, lh), min(left + p + _MARGIN, lw)
-            region = self._degrade(hr[y0 * s:y1 * s, x0 * s:x1 * s])
+            region = self._degrade(hr[y0 * s:y1 * s, x0 * s:x1 * s], bits)
             lr_patch = region[top - y0:top - y0 + p, left - x0:left - x0 + p]
         else:
-            lr_patch = self._degrade(hr_patch)
+            lr_patch = self._degrade(hr_patch, bits)
         if self.pipeline is not None:
             seed_albumentations(self.pipeline)
             out = self.pipeline(image=lr_patch, hr=hr_patch)
             lr_patch, hr_patch = out['image'], out['hr']
         return lr_patch, hr_patch
 
-    def _whole_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray]):
+    def _whole_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray], bits: int):
         s = self.scale
         if lr is not None:
             self._check_sizes(index, hr, lr)
@@ -338,19 +379,19 @@ class SRPairedDataset(Dataset):
         hr = hr[:hr.shape[0] - hr.shape[0] % s, :hr.shape[1] - hr.shape[1] % s]
         if min(hr.shape[:2]) == 0:
             raise DataError(f'image {str(self.samples[index][0])!r} is smaller than the scale {s}')
-        return self._degrade(hr), hr
+        return self._degrade(hr, bits), hr
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        used, hr, lr = self.load(index % len(self.samples))
+    def __getitem__(self, index: int) -> SRPair:
+        used, hr, lr, bits = self.load(index % len(self.samples))
         # worker processes only ever make samples: their RNG states need no restoring
         restore = self.restore_rng and get_worker_info() is None
         with seeded_rng(hash((self.seed, self.epoch, index)) % 2 ** 62, restore=restore):
             if self.training:
-                lr, hr = self._training_pair(used, hr, lr)
+                lr, hr = self._training_pair(used, hr, lr, bits)
             else:
-                lr, hr = self._whole_pair(used, hr, lr)
+                lr, hr = self._whole_pair(used, hr, lr, bits)
 
         def tensor(img: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32).transpose(2, 0, 1).copy())
 
-        return tensor(lr), tensor(hr)
+        return SRPair(tensor(lr), tensor(hr), bits)

@@ -1,24 +1,32 @@
-"""Training checkpoints: safetensors weights plus a small state file, written atomically.
+"""Training checkpoints: safetensors weights plus a small state file, written atomically and checked when loaded.
 
-A checkpoint is a folder ``checkpoints/step-XXXXXXXX/`` holding ``model.safetensors`` (and ``ema.safetensors``)
-and ``state.pt`` (optimizer, scheduler, step counters, RNG states, config; loadable with ``weights_only=True``).
-It is written under a temporary name and renamed into place, and the links ``checkpoints/last`` and
-``checkpoints/best`` are replaced atomically afterwards, so a run killed at any moment leaves a complete last
-checkpoint. Only the folders that ``last`` and ``best`` point to are kept.
+A checkpoint is a folder ``checkpoints/step-XXXXXXXX/`` holding ``model.safetensors`` (and ``ema.safetensors``),
+``state.pt`` (optimizer, scheduler, step counters, RNG states, config; loaded with ``weights_only=True``) and, written
+last, ``manifest.json`` (the step and each file's size and sha256). It is written under a temporary name and renamed
+into place, and the links ``checkpoints/last`` and ``checkpoints/best`` are replaced atomically afterwards, so a run
+killed at any moment leaves a complete last checkpoint. Loading verifies every file against the manifest first
+(folders of older versions, without one, load unverified). The newest ``keep`` checkpoints and ``best`` are kept.
 """
 import os
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'rng_state', 'set_rng_state',
-           'seed_everything', 'save_weights']
+from densezoo.checkpoint_io import MANIFEST, CheckpointError, WeightsFileError, load_weights_file, verify_checkpoint, \
+    write_manifest
+
+__all__ = ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'checkpoint_folders', 'verify_checkpoint',
+           'write_manifest', 'CheckpointError', 'MANIFEST', 'rng_state', 'set_rng_state', 'seed_everything',
+           'save_weights']
+
+_STEP_FOLDER = re.compile(r'step-(\d+)(?:-(\d+))?')
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
@@ -75,8 +83,10 @@ def save_checkpoint(
         state: Dict[str, object],
         ema: Optional[nn.Module] = None,
         best: bool = False,
+        keep: int = 3,
 ) -> Path:
-    """Write checkpoint ``step`` into ``directory`` and point ``last`` (and ``best``) at it; returns its folder."""
+    """Write checkpoint ``step`` into ``directory`` and point ``last`` (and ``best``) at it; then remove all but the
+    ``keep`` newest checkpoints and ``best``. Returns its folder."""
     directory.mkdir(parents=True, exist_ok=True)
     final, suffix = directory / f'step-{step:08d}', 0
     while final.exists():  # a second save at the same step (end of epoch after a step checkpoint) gets a new name
@@ -90,6 +100,7 @@ def save_checkpoint(
     if ema is not None:
         save_weights(ema, tmp / 'ema.safetensors')
     torch.save(state, tmp / 'state.pt')
+    write_manifest(tmp, step)
     for path in tmp.iterdir():  # data on disk before the rename makes it visible
         with open(path, 'rb') as f:
             os.fsync(f.fileno())
@@ -97,14 +108,30 @@ def save_checkpoint(
     _replace_link(directory / 'last', final.name)
     if best:
         _replace_link(directory / 'best', final.name)
-    _prune(directory)
+    _prune(directory, keep, step)
     return final
 
 
-def _prune(directory: Path) -> None:
-    keep = {os.readlink(directory / name) for name in ('last', 'best') if (directory / name).is_symlink()}
+def _step_folders(directory: Path) -> List[Tuple[Tuple[int, int], Path]]:
+    """``((step, suffix), folder)`` of the checkpoint folders in ``directory``, newest first."""
+    found = []
+    for path in directory.iterdir() if directory.is_dir() else ():
+        match = _STEP_FOLDER.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink():
+            found.append(((int(match[1]), int(match[2] or 0)), path))
+    return sorted(found, reverse=True)
+
+
+def _prune(directory: Path, keep: int, step: int) -> None:
+    """Remove unfinished folders and the checkpoints other than ``last``, ``best`` and the ``keep`` newest up to
+    ``step`` (those of later steps were left by a run that resumed from an earlier checkpoint)."""
+    kept = {os.readlink(directory / name) for name in ('last', 'best') if (directory / name).is_symlink()}
+    current = [path for (at, _), path in _step_folders(directory) if at <= step]
+    kept.update(path.name for path in current[:keep])
     for path in directory.iterdir():
-        if path.is_dir() and not path.is_symlink() and path.name not in keep:
+        unfinished = path.name.startswith('.step-') and path.name.endswith('.tmp')
+        if path.is_dir() and not path.is_symlink() and path.name not in kept and (
+                unfinished or _STEP_FOLDER.fullmatch(path.name)):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -114,9 +141,31 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
     return last.resolve() if last.is_symlink() and (last / 'state.pt').is_file() else None
 
 
+def checkpoint_folders(directory: Path) -> List[Path]:
+    """The checkpoint folders to resume from, in the order to try them: ``last``, then the others newest first."""
+    last = directory / 'last'
+    first = [last.resolve()] if last.is_symlink() and last.is_dir() else []
+    return first + [path.resolve() for _, path in _step_folders(directory) if path.resolve() not in first]
+
+
+def _read(folder: Path, name: str):
+    try:
+        return load_weights_file(folder / name)
+    except WeightsFileError as err:
+        raise CheckpointError(f'{name} {err.problem}') from err
+
+
 def load_checkpoint(folder: Path, model: nn.Module, ema: Optional[nn.Module] = None) -> Dict[str, object]:
-    """Load weights into ``model`` (and ``ema``) and return the saved state."""
-    model.load_state_dict(load_file(str(folder / 'model.safetensors')))
-    if ema is not None and (folder / 'ema.safetensors').is_file():
-        ema.load_state_dict(load_file(str(folder / 'ema.safetensors')))
-    return torch.load(folder / 'state.pt', map_location='cpu', weights_only=True)
+    """Load weights into ``model`` (and ``ema``) and return the saved state. Every file is verified against the
+    manifest and read before any is used; raises ``CheckpointError`` for a missing, damaged or unsafe file."""
+    verify_checkpoint(folder)
+    weights = _read(folder, 'model.safetensors')
+    ema_weights = _read(folder, 'ema.safetensors') if ema is not None and (folder / 'ema.safetensors').is_file() \
+        else None
+    state = _read(folder, 'state.pt')
+    if not isinstance(state, dict) or 'global_step' not in state:
+        raise CheckpointError('state.pt holds no training state')
+    model.load_state_dict(weights)
+    if ema_weights is not None:
+        ema.load_state_dict(ema_weights)
+    return state

@@ -3,7 +3,7 @@
 The ``task`` key chooses the config class: every task (``densezoo.tasks``) declares its keys, their types and
 defaults, and checks their values; the keys all tasks share are declared and checked in ``densezoo.config``. An
 unknown key is an error that names the closest valid key (or the task whose key it is); a value of the wrong type is
-an error that names the key, the value and the expected type.
+an error that names the key, the value and the expected type; a key given twice in one mapping of a file is an error.
 """
 import dataclasses
 from pathlib import Path
@@ -38,15 +38,20 @@ def _keys_elsewhere(task: type) -> Dict[str, List[str]]:
     return elsewhere
 
 
-def config_from_dict(values: Dict[str, Any], drop_other_tasks_keys: bool = False) -> TrainConfig:
+def config_from_dict(values: Dict[str, Any], drop_other_tasks_keys: bool = False,
+                     resume: bool = False) -> TrainConfig:
     """Build and check the config of the task that ``values`` names (its ``config_class``); raises ``ConfigError``.
 
     A key of another task is an error, or with ``drop_other_tasks_keys`` left out (the ``config.yaml`` of runs
-    started when one config held the keys of every task lists them all).
+    started when one config held the keys of every task lists them all). ``resume``: the values of a run that
+    continues from its checkpoint, which holds its weights: a ``model.pretrained_file`` removed since is left out
+    (with ``model.pretrained``) instead of being an error.
     """
     task = task_class(values)
     config = build_config(task.config_class, values, task.name, _keys_elsewhere(task),
                           drop_elsewhere=drop_other_tasks_keys)
+    if resume and config.model.pretrained_file and not Path(config.model.pretrained_file).is_file():
+        config.model.pretrained_file, config.model.pretrained = None, False
     check_common(config)
     task.check_config(config)
     return config
@@ -67,9 +72,51 @@ def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
     return {**{k: v for k, v in values.items() if k not in sections}, **{k: values[k] for k in sections}}
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one YAML mapping, with the (1-based) lines of both."""
+
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f'key {key!r} appears twice in one mapping (lines {first} and {second})')
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge':  # the keys of '<<: *anchor' may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise _DuplicateKey(key, lines[key], line)
+                    lines[key] = line
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys (``_DuplicateKey``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line: 'line L, column C: problem'."""
+    mark, problem = getattr(err, 'problem_mark', None), getattr(err, 'problem', None)
+    if mark is None or not problem:
+        return ' '.join(str(err).split())
+    return f'line {mark.line + 1}, column {mark.column + 1}: {problem}'
+
+
 def _parse_value(text: str):
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
+    except _DuplicateKey:
+        raise
     except yaml.YAMLError:
         return text
 
@@ -86,7 +133,10 @@ def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[st
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f'override {item!r}: {part} is not a section')
-        target[parts[-1]] = _parse_value(text)
+        try:
+            target[parts[-1]] = _parse_value(text)
+        except _DuplicateKey as err:
+            raise ConfigError(f'override {item!r} sets the key {err.key!r} twice; keep one of them') from None
     return values
 
 
@@ -120,10 +170,12 @@ def read_config_values(path, _including: Tuple[Path, ...] = ()) -> Dict[str, Any
         chain = ' -> '.join(str(p) for p in (*_including, path.resolve()))
         raise ConfigError(f'config file {str(path)!r} includes itself through {BASE_KEY}: {chain}')
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = _load_yaml(path.read_text()) or {}
+    except _DuplicateKey as err:
+        raise ConfigError(f'config file {str(path)!r} sets the key {err.key!r} twice in one mapping (lines '
+                          f'{err.first} and {err.second}); keep one of them') from None
     except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f'config file {str(path)!r} is not valid YAML: {first}') from None
+        raise ConfigError(f'config file {str(path)!r} is not valid YAML: {_yaml_error(err)}') from None
     if not isinstance(values, dict):
         raise ConfigError(f'config file {str(path)!r} must hold a mapping of sections, got {type(values).__name__}')
     bases = values.pop(BASE_KEY, [])

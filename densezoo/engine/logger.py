@@ -1,10 +1,13 @@
 """Run logs: JSON lines, CSV, TensorBoard events and the training-curve PNG."""
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ['RunLogger', 'plot_curves', 'csv_fields']
+from densezoo.engine.faults import TrainingError
+
+__all__ = ['RunLogger', 'plot_curves', 'csv_fields', 'read_records']
 
 
 def csv_fields(metrics: Sequence[str] = ('top1', 'top5')) -> List[str]:
@@ -13,6 +16,28 @@ def csv_fields(metrics: Sequence[str] = ('top1', 'top5')) -> List[str]:
 
 
 CSV_FIELDS = csv_fields()  # classification's
+_logger = logging.getLogger(__name__)
+
+
+def read_records(path: Path) -> List[Dict]:
+    """The records of a ``log.jsonl``. A half-written last line (a run killed while logging) is dropped with a
+    warning; an unreadable line before it is a one-line ``TrainingError`` naming the file and the line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get('step'), int):
+                raise ValueError('not a record with a step')
+        except ValueError as err:
+            if number == len(lines):
+                _logger.warning(f'{path}: dropped its last line {number}, written only in part ({err}); the run '
+                                f'was stopped while logging')
+                break
+            raise TrainingError(f'{path} line {number} is not a log record ({err}); repair or delete that '
+                                f'line') from None
+        records.append(record)
+    return records
 
 
 class RunLogger:
@@ -30,8 +55,7 @@ class RunLogger:
         self.csv = run_dir / 'log.csv'
         self.records: List[Dict] = []
         if resume_step is not None and self.jsonl.is_file():
-            self.records = [r for r in map(json.loads, self.jsonl.read_text().splitlines())
-                            if r['step'] <= resume_step]
+            self.records = [r for r in read_records(self.jsonl) if r['step'] <= resume_step]
         self._rewrite()
         self.writer = None
         if tensorboard:

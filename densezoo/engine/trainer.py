@@ -4,47 +4,55 @@ checkpoints that resume exactly, logs and progress.
 Exact resumption: checkpoints are taken between optimizer steps and hold the optimizer, scheduler, scaler and EMA,
 the RNG states of every process and the position in the epoch. Data order depends only on (seed, epoch) and each
 sample's augmentation only on (seed, epoch, index), so a resumed run replays exactly the batches the interrupted
-one would have seen; on the CPU it ends bit-identical to a run that was never interrupted.
+one would have seen; on the CPU it ends bit-identical to a run that was never interrupted. SIGTERM and SIGINT stop
+a run at the next step boundary, after writing a checkpoint (``Interrupted``); a full or read-only disk stops it
+with an ``OutputError`` that keeps the last good checkpoint.
 """
 import contextlib
 import logging
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import yaml
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from safetensors import SafetensorError
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from densezoo.datasets import EpochSampler, preserved_rng
-from densezoo.engine.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                        seed_everything, set_rng_state)
+from densezoo.engine.checkpoint import (CheckpointError, checkpoint_folders, latest_checkpoint, load_checkpoint,
+                                        rng_state, save_checkpoint, seed_everything, set_rng_state)
 from densezoo.engine.config import TrainConfig, config_to_dict
 from densezoo.distributed import barrier, init_distributed
+from densezoo.engine.faults import (NO_SPACE, Interrupted, NonFiniteLossError, OutputError, TrainingError,
+                                    disk_errno, resume_command, write_errno)
 from densezoo.engine.logger import RunLogger, plot_curves
 from densezoo.tasks import create_task
 
-__all__ = ['Trainer', 'RunResult', 'NonFiniteLossError', 'TrainingError']
+__all__ = ['Trainer', 'RunResult']
 
 _logger = logging.getLogger(__name__)
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what to change."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In a DataLoader worker: leave SIGTERM and SIGINT to the training process. Ctrl-C and cluster schedulers signal
+    the whole process group; a worker killed by the signal would abort the run before it writes its checkpoint. The
+    training process stops at the next step and shuts its workers down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -81,9 +89,12 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / 'checkpoints'
+        self.resuming = resume
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
         self.progress = _show_progress() if progress is None else progress
+        if self.dist.is_main:  # before the model and data are built: a read-only output fails at once
+            self._check_writable()
         self.task = create_task(config, self.dist)
 
         seed_everything(config.seed)  # the same initial weights in every process
@@ -99,9 +110,12 @@ class Trainer:
         self.train_set.restore_rng = False  # _batches restores the RNG states once per batch instead
         self._build_samplers()
         if self.dist.is_main:  # model and data are usable: the run folder can exist
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with self._writing('create run folder', self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
-                (self.run_dir / 'config.yaml').write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+                with self._writing('write config.yaml to', self.run_dir):
+                    (self.run_dir / 'config.yaml').write_text(
+                        yaml.safe_dump(config_to_dict(config), sort_keys=False))
         optim = config.optim
         self.optimizer = create_optimizer_v2(
             self.model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum,
@@ -134,8 +148,12 @@ class Trainer:
         resume_step = self._resume() if resume else None
         if resume_step is None:  # stochastic depth, dropout and mixup differ between processes from here
             seed_everything(config.seed * 1000 + self.dist.rank + 1)
-        self.logger = RunLogger(self.run_dir, resume_step=resume_step, metrics=self.task.log_metrics) \
-            if self.dist.is_main else None
+        self._start_step = self._saved_step = self.global_step  # the newest checkpoint's step (0: none yet)
+        self._signal = 0  # the signal that asked this process to stop, 0 while none did
+        self.logger = None
+        if self.dist.is_main:
+            with self._writing('write logs to', self.run_dir):
+                self.logger = RunLogger(self.run_dir, resume_step=resume_step, metrics=self.task.log_metrics)
 
     # ------------------------------------------------------------------------------------------------------------
     def _build_samplers(self) -> None:
@@ -160,6 +178,7 @@ class Trainer:
                           drop_last=training, pin_memory=self.device.type == 'cuda',
                           collate_fn=self.task.collate_fn(training),
                           generator=torch.Generator().manual_seed(self.config.seed),
+                          worker_init_fn=_ignore_stop_signals if workers else None,
                           multiprocessing_context='spawn' if workers and sys.platform == 'darwin' else None)
 
     def _autocast(self):
@@ -184,14 +203,31 @@ class Trainer:
         state = self._state()  # every process takes part (RNG gathering)
         if self.dist.is_main:
             save_checkpoint(self.ckpt_dir, self.global_step, self.model, state,
-                            ema=self.ema.module if self.ema else None, best=best)
+                            ema=self.ema.module if self.ema else None, best=best, keep=self.config.keep_checkpoints)
         barrier(self.dist)
 
-    def _resume(self) -> int:
-        folder = latest_checkpoint(self.ckpt_dir)
-        if folder is None:
+    def _load_newest_intact(self) -> Tuple[Path, Dict[str, object]]:
+        """The newest checkpoint whose files are intact (``last`` first, then older ones) and its state, its weights
+        loaded; each one skipped is reported with a warning."""
+        folders = checkpoint_folders(self.ckpt_dir)
+        if not folders:
             raise TrainingError(f'{self.ckpt_dir} holds no complete checkpoint to resume from; start a new run')
-        state = load_checkpoint(folder, self.model, self.ema.module if self.ema else None)
+        skipped = []
+        for folder in folders:
+            try:
+                state = load_checkpoint(folder, self.model, self.ema.module if self.ema else None)
+            except CheckpointError as err:
+                skipped.append(f'{self.ckpt_dir.name}/{folder.name}: {err}')
+                continue
+            if self.dist.is_main:
+                for problem in skipped:
+                    _logger.warning(f'{problem}; resuming from {self.ckpt_dir.name}/{folder.name} instead')
+            return folder, state
+        raise TrainingError(f'{self.ckpt_dir} holds no intact checkpoint to resume from ({"; ".join(skipped)}); '
+                            f'start a new run')
+
+    def _resume(self) -> int:
+        folder, state = self._load_newest_intact()
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
@@ -224,6 +260,119 @@ class Trainer:
                 f'loss is {value} at step {self.global_step + 1} (epoch {self.epoch}); stopped, {kept}; '
                 f'lower optim.lr or set optim.clip_grad')
 
+    # ------------------------------------------------------------------------------------------------------------
+    def _output_error(self, action: str, folder: Path, code: int, kept: bool) -> OutputError:
+        reason = os.strerror(code)
+        reason = f'{reason[:1].lower()}{reason[1:]} (errno {code})'
+        if code in NO_SPACE:
+            fix = 'free space or ' + ('copy the run folder to another disk and resume it from there' if self.resuming
+                                      else 'set output= to another disk')
+        else:
+            fix = ('make it writable or copy the run folder to a writable disk and resume it from there'
+                   if self.resuming else 'set output= to a writable folder')
+        message = f'cannot {action} {folder}: {reason}; {fix}'
+        if kept:
+            last = latest_checkpoint(self.ckpt_dir)
+            message += (f'; the last good checkpoint is {self.ckpt_dir / last.name}' if last
+                        else '; no checkpoint had been written yet')
+        return OutputError(message)
+
+    def _check_writable(self) -> None:
+        """Fail at once when the run folder cannot be created or written (read-only disk, no permission)."""
+        code = disk_errno(self.run_dir, space=False)
+        if code is not None:
+            action = 'write to run folder' if self.resuming else 'create run folder'
+            raise self._output_error(action, self.run_dir, code, kept=False)
+
+    @contextlib.contextmanager
+    def _writing(self, action: str, folder: Path, kept: bool = False):
+        """Report a write into ``folder`` that failed on a full or read-only disk as a one-line ``OutputError``
+        (``kept``: naming the last good checkpoint)."""
+        try:
+            yield
+        except TrainingError:
+            raise
+        except (OSError, RuntimeError, SafetensorError) as err:
+            code = write_errno(err, folder)
+            if code is None:
+                raise
+            raise self._output_error(action, folder, code, kept) from err
+
+    def _save_checkpoint(self, best: bool = False) -> None:
+        """``_save``, where a full or read-only disk removes the half-written folder and keeps the last good one."""
+        try:
+            with self._writing('write checkpoint to', self.ckpt_dir, kept=True):
+                self._save(best=best)
+        except OutputError:
+            if self.dist.is_main:
+                for path in self.ckpt_dir.glob('.*.tmp'):  # the temporary folder (and link) of the failed save
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+            raise
+        self._saved_step = self.global_step
+
+    def _log(self, kind: str, **values) -> None:
+        if self.logger is not None:
+            with self._writing('write logs to', self.run_dir, kept=True):
+                self.logger.log(kind, self.global_step, self.epoch, **values)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """While training, SIGTERM and SIGINT only ask for a stop at the next step boundary (``_stop_if_requested``);
+        further signals change nothing, so a second Ctrl-C cannot break a checkpoint being written. The previous
+        handlers come back afterwards. A signal the process ignores (SIGINT in a background job) stays ignored. Only
+        the main thread can set handlers; in others, signals act as before."""
+        self._signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request(signum, frame):
+            self._signal = self._signal or signum
+
+        previous = {}
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    previous[signum] = signal.signal(signum, request)
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def _stop_if_requested(self) -> None:
+        """At a step boundary: when any process received SIGTERM or SIGINT, write a checkpoint (unless the newest one
+        is of this step) and raise ``Interrupted``; all processes stop at the same step."""
+        signum = self._signal
+        if self.dist.enabled:  # one small reduction per step, so that every process takes part in the same save
+            flag = torch.tensor(signum, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if not signum:
+            return
+        name = signal.Signals(signum).name
+        if self.global_step == 0:
+            stop = Interrupted(f'stopped by {name} before the first step; nothing to save, no checkpoint written; '
+                               f'start the run again', name, 0, None)
+        else:
+            unchanged = self.global_step == self._start_step  # resumed, and stopped before its first step
+            if self.global_step != self._saved_step:
+                self._save_checkpoint()
+            last = latest_checkpoint(self.ckpt_dir)
+            checkpoint = self.ckpt_dir / last.name if last else self.ckpt_dir
+            where = (f'right after resuming; its checkpoint {checkpoint} is unchanged' if unchanged
+                     else f'checkpoint written to {checkpoint}')
+            stop = Interrupted(f'stopped by {name} at step {self.global_step} (epoch {self.epoch}); {where}; '
+                               f'continue with: {resume_command(self.run_dir, self.dist.world_size)}',
+                               name, self.global_step, checkpoint)
+        if self.dist.is_main:
+            print(stop, file=sys.stderr, flush=True)
+        barrier(self.dist)  # no process ends (and has torchrun stop the others) before the line is out
+        raise stop
+
     def _optimizer_step(self) -> None:
         cfg = self.config.optim
         if cfg.clip_grad is not None:
@@ -253,45 +402,47 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // accumulation,
                        desc=f'epoch {self.epoch + 1}/{self.epochs}', dynamic_ncols=True, leave=False)
         window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
-        for index, (inputs, targets) in enumerate(_batches(loader), start=self.batch_in_epoch):
-            if index >= micro_batches:
-                break
-            inputs = inputs.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
-            last_micro = (index + 1) % accumulation == 0
-            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.train_model.no_sync()
-            with sync:
-                with self._autocast():
-                    loss = self.task.training_loss(self.train_model, inputs, targets)
-                value = loss.item()
-                self._check_finite(value)
-                self.scaler.scale(loss / accumulation if accumulation > 1 else loss).backward()
-            window_loss += value / accumulation
-            window_images += inputs.shape[0] * self.dist.world_size
-            if not last_micro:
-                continue
-            self._optimizer_step()
-            self.batch_in_epoch = index + 1
-            window_steps += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f'{window_loss / window_steps:.4f}', lr=f'{self._lr():.2e}',
-                                img_s=f'{window_images / (time.perf_counter() - window_start):.1f}')
-            if self.global_step % cfg.log_every == 0 or self.batch_in_epoch == micro_batches:
-                elapsed = time.perf_counter() - window_start
-                if self.logger is not None:
-                    self.logger.log('train', self.global_step, self.epoch, lr=self._lr(),
-                                    loss=window_loss / window_steps, images_per_s=window_images / elapsed,
-                                    elapsed_s=elapsed)
-                window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
-            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
-                self._save()
-            if cfg.max_steps and self.global_step >= cfg.max_steps:
+        first = self.batch_in_epoch
+        try:
+            for index, (inputs, targets) in enumerate(_batches(loader), start=first):
+                if index >= micro_batches:
+                    break
+                if index == first:  # a signal that came while the loader started stops the run before this step
+                    self._stop_if_requested()
+                inputs = inputs.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
+                targets = targets.to(self.device, non_blocking=True)
+                last_micro = (index + 1) % accumulation == 0
+                sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.train_model.no_sync()
+                with sync:
+                    with self._autocast():
+                        loss = self.task.training_loss(self.train_model, inputs, targets)
+                    value = loss.item()
+                    self._check_finite(value)
+                    self.scaler.scale(loss / accumulation if accumulation > 1 else loss).backward()
+                window_loss += value / accumulation
+                window_images += inputs.shape[0] * self.dist.world_size
+                if not last_micro:
+                    continue
+                self._optimizer_step()
+                self.batch_in_epoch = index + 1
+                window_steps += 1
                 if bar is not None:
-                    bar.close()
-                return False
-        if bar is not None:
-            bar.close()
+                    bar.update(1)
+                    bar.set_postfix(loss=f'{window_loss / window_steps:.4f}', lr=f'{self._lr():.2e}',
+                                    img_s=f'{window_images / (time.perf_counter() - window_start):.1f}')
+                if self.global_step % cfg.log_every == 0 or self.batch_in_epoch == micro_batches:
+                    elapsed = time.perf_counter() - window_start
+                    self._log('train', lr=self._lr(), loss=window_loss / window_steps,
+                              images_per_s=window_images / elapsed, elapsed_s=elapsed)
+                    window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
+                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                    self._save_checkpoint()
+                if cfg.max_steps and self.global_step >= cfg.max_steps:
+                    return False
+                self._stop_if_requested()
+        finally:
+            if bar is not None:
+                bar.close()
         return True
 
     def evaluate(self) -> Dict[str, float]:
@@ -316,37 +467,47 @@ class Trainer:
         if best:
             self.best_metric, self.best_step = value, self.global_step
         self.last_metrics = metrics
-        if self.logger is not None:
-            self.logger.log('val', self.global_step, self.epoch, **metrics)
+        self._log('val', **metrics)
         if self.dist.is_main:
             shown = ', '.join(f'{k} {v:.4g}' for k, v in metrics.items() if k != 'count')
             print(f'epoch {self.epoch + 1}/{self.epochs} step {self.global_step}: {shown}', flush=True)
         return best
 
     def fit(self) -> RunResult:
-        """Train to the end (epochs or ``max_steps``) and return what the run produced."""
+        """Train to the end (epochs or ``max_steps``) and return what the run produced.
+
+        SIGTERM or SIGINT stops it at the next step boundary (validation, if under way, completes first) with a
+        checkpoint and raises ``Interrupted``; after the last step the run completes. A full or read-only disk raises
+        ``OutputError``."""
         cfg = self.config
         if self.dist.is_main:
             print(f'run folder: {self.run_dir}', flush=True)
-        try:
-            while self.epoch < self.epochs:
-                completed = self._train_epoch()
-                final = not completed or self.epoch + 1 == self.epochs
-                best = self._validate() if final or (self.epoch + 1) % cfg.eval_every == 0 else False
-                if completed:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                self._save(best=best)
-                if not completed:
-                    break
-        finally:
-            if self.logger is not None:
-                self.logger.close()
-        curve, outputs = None, {}
-        if self.dist.is_main:
-            curve = plot_curves(self.logger.records, self.run_dir / 'curve.png', self.task.main_metric)
-            model = self.ema.module if self.ema is not None else self.model
-            model.eval()
-            outputs = self.task.finish(model, self.val_set, self.run_dir, self.device, self._autocast)
+        with self._stop_on_signals():
+            try:
+                while self.epoch < self.epochs:
+                    completed = self._train_epoch()
+                    final = not completed or self.epoch + 1 == self.epochs
+                    best = self._validate() if final or (self.epoch + 1) % cfg.eval_every == 0 else False
+                    if completed:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                    self._save_checkpoint(best=best)
+                    if not completed or self.epoch == self.epochs:
+                        break
+                    self._stop_if_requested()
+            except BaseException:
+                if self.logger is not None:
+                    with contextlib.suppress(Exception):  # the error on its way out says what went wrong
+                        self.logger.close()
+                raise
+            curve, outputs = None, {}
+            if self.dist.is_main:
+                with self._writing('write logs to', self.run_dir, kept=True):
+                    self.logger.close()
+                    curve = plot_curves(self.logger.records, self.run_dir / 'curve.png', self.task.main_metric)
+                model = self.ema.module if self.ema is not None else self.model
+                model.eval()
+                with self._writing('write outputs to', self.run_dir, kept=True):
+                    outputs = self.task.finish(model, self.val_set, self.run_dir, self.device, self._autocast)
         return RunResult(run_dir=self.run_dir, steps=self.global_step, best_metric=self.best_metric,
                          best_step=self.best_step, metrics=self.last_metrics, curve=curve, outputs=outputs)

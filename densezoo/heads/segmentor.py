@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densezoo.checkpoint_io import load_weights_file
 from densezoo.heads.segmentation import PYRAMID_HEADS, SEG_HEADS, FCNHead, create_seg_head
 
 __all__ = ['Segmentor', 'create_segmentor', 'load_segmentor_state']
@@ -121,7 +122,8 @@ def create_segmentor(backbone: str, head: str = 'upernet', num_classes: int = 15
             for pyramid heads, four evenly spaced blocks for 'dpt'.
         aux_head: Add mmseg's auxiliary FCN head on the stride-16 map (trained with weight 0.4).
         head_kwargs: Extra head arguments (e.g. ``channels``).
-        checkpoint: A segmentor state dict or a file holding one, loaded strictly.
+        checkpoint: A segmentor state dict or a file holding one (safetensors, or a .pth read with
+            ``weights_only=True``), loaded strictly.
         backbone_kwargs: ``timm.create_model`` arguments of the backbone.
     """
     if head not in SEG_HEADS:
@@ -163,7 +165,6 @@ def create_segmentor(backbone: str, head: str = 'upernet', num_classes: int = 15
     size_divisor = max(strides) * (2 if head == 'dpt' else 1)  # DPT reassembles a map at twice the stride
     segmentor = Segmentor(model, decode_head, auxiliary, aux_index, size_divisor)
     if checkpoint is not None:
-        state = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, map_location='cpu',
-                                                                            weights_only=True)
+        state = checkpoint if isinstance(checkpoint, dict) else load_weights_file(checkpoint)
         load_segmentor_state(segmentor, state)
     return segmentor

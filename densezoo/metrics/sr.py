@@ -1,7 +1,8 @@
 """Super-resolution metrics as the SR literature reports them (SwinIR, HAT, DRCT, RCAN, RDN; BasicSR's scripts).
 
-``psnr`` and ``ssim`` score images quantised to 8-bit values, optionally on MATLAB's Y channel (``rgb_to_y``) and
-with ``crop_border`` pixels cut from every side, in float64; a batch gives one value per image.
+``psnr`` and ``ssim`` score images quantised to 8-bit values (``bits=16``: 16-bit values, for 16-bit data),
+optionally on MATLAB's Y channel (``rgb_to_y``) and with ``crop_border`` pixels cut from every side, in float64; a
+batch gives one value per image.
 
 Protocol details: docs/data.md.
 """
@@ -20,7 +21,7 @@ Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr, for R, G, B in [0, 1]
 
 def _as_tensor(img: Image) -> torch.Tensor:
     if isinstance(img, np.ndarray):
-        scale = 255.0 if img.dtype == np.uint8 else 1.0
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
         t = torch.from_numpy(np.asarray(img, dtype=np.float64) / scale)
         return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
     if not isinstance(img, torch.Tensor):
@@ -37,12 +38,19 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     return (y / 255.0).unsqueeze(-3)
 
 
-def quantize(img: torch.Tensor) -> torch.Tensor:
-    """8-bit values (0..255, float64) of an image in [0, 1]: clamped, then ``round(x * 255)``."""
-    return torch.round(img.detach().to(torch.float64).clamp(0, 1) * 255.0)
+def _peak(bits: int) -> float:
+    if bits not in (8, 16):
+        raise ValueError(f'bits={bits} is not allowed; use 8 or 16')
+    return float(2 ** bits - 1)
 
 
-def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool) -> torch.Tensor:
+def quantize(img: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Integer values of ``bits`` bits (0..255 or 0..65535, float64) of an image in [0, 1]: clamped, then
+    ``round(x * peak)``."""
+    return torch.round(img.detach().to(torch.float64).clamp(0, 1) * _peak(bits))
+
+
+def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool, bits: int) -> torch.Tensor:
     sr, hr = _as_tensor(sr), _as_tensor(hr)
     if sr.shape != hr.shape:
         raise ValueError(f'the images differ in shape: {tuple(sr.shape)} and {tuple(hr.shape)}')
@@ -50,14 +58,15 @@ def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool) -> torch.T
         raise ValueError(f'images must be (C, H, W) or (B, C, H, W), got shape {tuple(sr.shape)}')
     if crop_border < 0:
         raise ValueError(f'crop_border={crop_border} must be 0 or more')
-    pair = torch.stack([quantize(sr), quantize(hr)])  # (2, [B,] C, H, W) on 0..255
+    peak = _peak(bits)
+    pair = torch.stack([quantize(sr, bits), quantize(hr, bits)])  # (2, [B,] C, H, W) on 0..peak
     if crop_border:
         if min(pair.shape[-2:]) <= 2 * crop_border:
             raise ValueError(f'images of {pair.shape[-2]}x{pair.shape[-1]} pixels are too small for '
                              f'crop_border={crop_border}')
         pair = pair[..., crop_border:-crop_border, crop_border:-crop_border]
     if y_channel and pair.shape[-3] == 3:
-        pair = rgb_to_y(pair / 255.0) * 255.0
+        pair = rgb_to_y(pair / peak) * peak
     return pair
 
 
@@ -65,12 +74,13 @@ def _per_image(values: torch.Tensor, batched: bool):
     return values if batched else float(values)
 
 
-def psnr(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True):
-    """PSNR in dB of 8-bit-quantised images (a float; a float64 tensor of B values for a batch)."""
-    pair = _prepare(sr, hr, crop_border, y_channel)
+def psnr(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True, bits: int = 8):
+    """PSNR in dB of images quantised to ``bits`` (8 or 16) bits, peak ``2 ** bits - 1`` (a float; a float64 tensor
+    of B values for a batch)."""
+    pair = _prepare(sr, hr, crop_border, y_channel, bits)
     batched = pair.dim() == 5
     mse = (pair[0] - pair[1]).pow(2).flatten(start_dim=1 if batched else 0).mean(dim=-1)
-    value = torch.where(mse == 0, torch.full_like(mse, math.inf), 10 * torch.log10(255.0 ** 2 / mse))
+    value = torch.where(mse == 0, torch.full_like(mse, math.inf), 10 * torch.log10(_peak(bits) ** 2 / mse))
     return _per_image(value, batched)
 
 
@@ -82,13 +92,14 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g[:, None] * g[None, :]
 
 
-def ssim(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True):
-    """SSIM of 8-bit-quantised images (a float; a float64 tensor of B values for a batch)."""
-    pair = _prepare(sr, hr, crop_border, y_channel)
+def ssim(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True, bits: int = 8):
+    """SSIM of images quantised to ``bits`` (8 or 16) bits, data range ``2 ** bits - 1`` (a float; a float64
+    tensor of B values for a batch)."""
+    pair = _prepare(sr, hr, crop_border, y_channel, bits)
     batched = pair.dim() == 5
     if not batched:
         pair = pair[:, None]
-    a, b = pair[0], pair[1]  # (B, C, H, W) on 0..255
+    a, b = pair[0], pair[1]  # (B, C, H, W) on 0..peak
     if min(a.shape[-2:]) < 11:
         raise ValueError(f'SSIM needs images of at least 11x11 pixels (after cropping), got '
                          f'{a.shape[-2]}x{a.shape[-1]}')
@@ -98,7 +109,8 @@ def ssim(sr: Image, hr: Image, crop_border: int = 0, y_channel: bool = True):
     def blur(x):
         return F.conv2d(x, window, groups=channels)  # 'valid': no padding
 
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    peak = _peak(bits)
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a ** 2
     var_b = blur(b * b) - mu_b ** 2

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import densezoo  # noqa: F401  (registers the densezoo models with timm)
+from densezoo.checkpoint_io import check_weights_file
 
 __all__ = ['DenseZooBackbone']
 
@@ -130,6 +131,7 @@ class DenseZooBackbone(BaseModule):
             if not checkpoint or not os.path.isfile(checkpoint):
                 raise ValueError(f"init_cfg checkpoint {checkpoint!r} is not a file; give the path of a densezoo / "
                                  f"timm checkpoint (.safetensors or .pth)")
+            check_weights_file(checkpoint)  # a damaged or unsafe file is reported on one line naming it
             # build a twin through timm's pretrained path, so the family's checkpoint filter adapts the weights
             loaded = self._create(pretrained_file=checkpoint)
             self.features.load_state_dict(loaded.state_dict())

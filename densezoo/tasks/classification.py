@@ -5,12 +5,16 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import Mixup, resolve_data_config
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+from timm.data.transforms import str_to_interp_mode
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from densezoo.config import DataConfig, TrainConfig, require
+from densezoo.config import ConfigError, DataConfig, TrainConfig, require
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
+from densezoo.datasets.check import check_image_folders
 from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 
@@ -41,6 +45,33 @@ class ClassificationTrainConfig(TrainConfig):
     data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
 
 
+def _timm_interpolation(name: str) -> bool:
+    try:
+        str_to_interp_mode(name)
+    except KeyError:
+        return False
+    return True
+
+
+#: data.interpolation values: PIL's resampling filters that timm's transforms take
+INTERPOLATIONS = tuple(name for name in (mode.name.lower() for mode in Image.Resampling) if _timm_interpolation(name))
+#: data.mixup_mode values: how timm's Mixup draws its mixing factors (per batch, per pair, per element)
+MIXUP_MODES = ('batch', 'pair', 'elem')
+
+
+def _check_auto_augment(policy: str) -> None:
+    """Parse ``policy`` as timm's training transform does; raises ``ConfigError`` if timm cannot."""
+    hparams = dict(translate_const=100, img_mean=(124, 116, 104))
+    make = rand_augment_transform if policy.startswith('rand') else \
+        augment_and_mix_transform if policy.startswith('augmix') else auto_augment_transform
+    try:
+        make(policy, hparams)
+    except (AssertionError, ValueError, KeyError, IndexError) as err:
+        reason = f' ({" ".join(str(err).split())})' if str(err) else ''
+        raise ConfigError(f'data.auto_augment={policy!r} is not a timm augmentation policy{reason}; use e.g. '
+                          f"'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'original' or 'v0'") from None
+
+
 @register_task
 class ClassificationTask(Task):
     """Classification on ``<data.root>/<split>/<class>/<image>`` folders."""
@@ -51,8 +82,33 @@ class ClassificationTask(Task):
 
     @classmethod
     def check_config(cls, config: ClassificationTrainConfig) -> None:
-        require(config.data.pipeline in ('timm', 'albumentations'),
-                f"data.pipeline={config.data.pipeline!r} is not allowed; use 'timm' or 'albumentations'")
+        data = config.data
+        require(data.pipeline in ('timm', 'albumentations'),
+                f"data.pipeline={data.pipeline!r} is not allowed; use 'timm' or 'albumentations'")
+        for key in ('scale', 'ratio'):
+            pair = getattr(data, key)
+            require(0 < pair[0] <= pair[1], f'data.{key}={list(pair)} must be two positive numbers, low <= high')
+        require(data.scale[1] <= 1, f'data.scale={list(data.scale)} must be at most 1 (fractions of the image area)')
+        for key in ('re_prob', 'mixup_prob', 'mixup_switch_prob'):
+            require(0 <= getattr(data, key) <= 1, f'data.{key}={getattr(data, key)} must lie between 0 and 1')
+        require(data.crop_pct is None or 0 < data.crop_pct <= 1,
+                f'data.crop_pct={data.crop_pct} must lie in (0, 1] (e.g. 0.875), or be null (the model\'s)')
+        require(data.interpolation is None or data.interpolation in INTERPOLATIONS,
+                f'data.interpolation={data.interpolation!r} is not allowed; use {", ".join(INTERPOLATIONS)} or null '
+                f'(the model\'s)')
+        if data.auto_augment:
+            _check_auto_augment(data.auto_augment)
+        for key in ('mixup', 'cutmix'):
+            require(getattr(data, key) >= 0, f'data.{key}={getattr(data, key)} must be 0 or more (0: off)')
+        require(data.mixup_mode in MIXUP_MODES,
+                f'data.mixup_mode={data.mixup_mode!r} is not allowed; use {", ".join(MIXUP_MODES)}')
+        require(0 <= data.label_smoothing < 1,
+                f'data.label_smoothing={data.label_smoothing} must be 0 or more and below 1 (e.g. 0.1)')
+        require(not (data.mixup > 0 or data.cutmix > 0) or data.batch_size % 2 == 0,
+                f'data.batch_size={data.batch_size} must be even with data.mixup / data.cutmix (timm\'s Mixup mixes '
+                f'images in pairs)')
+        require('num_classes' not in config.model.kwargs,
+                'model.kwargs.num_classes is not allowed; task classification sets it to the number of class folders')
 
     def __init__(self, config, dist):
         super().__init__(config, dist)
@@ -94,6 +150,7 @@ class ClassificationTask(Task):
         val = ImageFolderDataset(Path(data.root) / data.val_split, build_transform(data, resolved, training=False),
                                  class_to_idx=train.class_to_idx, corrupt=data.corrupt_images,
                                  seed=self.config.seed, verify=data.verify_images)
+        check_image_folders(train, val, log=self.dist.is_main)  # every image opens: before the first step
         return train, val
 
     def training_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from densezoo.config import DataConfig, ModelConfig, TrainConfig, require
+from densezoo.datasets.check import check_segmentation
 from densezoo.datasets.segmentation import (SegmentationDataset, build_seg_pipeline, collate_segmentation,
                                             pair_segmentation_files)
 from densezoo.distributed import all_reduce_sums
+from densezoo.heads.segmentation import SEG_HEADS
 from densezoo.heads.segmentor import create_segmentor
 from densezoo.metrics.segmentation import IGNORE_INDEX, check_labels, confusion_matrix, segmentation_scores
-from densezoo.tasks.base import Task, register_task
+from densezoo.tasks.base import Task, model_arguments, register_task
 
 __all__ = ['segmentation_loss', 'slide_inference', 'SegmentationTask', 'SegModelConfig', 'SegDataConfig',
            'SegTrainConfig']
@@ -116,6 +118,23 @@ class SegmentationTask(Task):
         require(window is None or window >= 1, f'data.val_slide_window={window} must be at least 1 (or null)')
         require(stride is None or (window is not None and 1 <= stride <= window),
                 f'data.val_slide_stride={stride} needs data.val_slide_window and must lie in [1, window]')
+        require(data.num_classes <= IGNORE_INDEX, f'data.num_classes={data.num_classes} is too many; label '
+                                                  f'{IGNORE_INDEX} marks ignored pixels, so classes are 0..'
+                                                  f'{IGNORE_INDEX - 1}')
+        if model.out_indices is not None:
+            indices = list(model.out_indices)
+            require(len(indices) >= 1 and len(set(indices)) == len(indices),
+                    f'model.out_indices={indices} must list one or more different feature maps (or be null: the '
+                    f'head\'s default)')
+        for key, reason in (('out_indices', 'set model.out_indices instead'),
+                            ('features_only', 'the segmentor sets it'), ('feature_cls', 'the segmentor sets it')):
+            require(key not in model.kwargs, f'model.kwargs.{key} is not allowed; {reason}')
+        arguments = [name for name in model_arguments(SEG_HEADS[model.head])
+                     if name not in ('in_channels', 'in_strides', 'num_classes')]
+        bad = [key for key in model.head_kwargs if key not in arguments]
+        require(not bad, f'model.head_kwargs has {", ".join(bad)}, which head {model.head} does not take; its '
+                         f'arguments are: {", ".join(arguments)}; remove {"it" if len(bad) == 1 else "them"} from the '
+                         f'config')
 
     def __init__(self, config, dist):
         super().__init__(config, dist)
@@ -144,7 +163,10 @@ class SegmentationTask(Task):
             return SegmentationDataset(data.root, split, pipeline, training, data.reduce_zero_label,
                                        seed=self.config.seed)
 
-        return make(data.train_split, True), make(data.val_split, False)
+        train, val = make(data.train_split, True), make(data.val_split, False)
+        # files, label modes and sizes, and label values (a bad one would stop the first validation, after training)
+        check_segmentation(train, val, self.num_classes, data.corrupt_images, log=self.dist.is_main)
+        return train, val
 
     def collate_fn(self, training: bool) -> Optional[Callable]:
         return None if training else collate_segmentation  # whole validation images differ in size

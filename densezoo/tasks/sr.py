@@ -4,10 +4,10 @@ a low-resolution image in [0, 1] to the high-resolution one and has an ``upscale
 Data: ``<data.root>/<split>/<data.hr_dir>`` HR images (``HR``), with LR inputs in ``<data.lr_dir>`` (e.g.
 ``LR_bicubic/X{scale}``) or made on the fly (``data.degradation``). Training uses aligned random crops of
 ``data.lr_patch`` LR pixels with flips and transposes; validation whole images. Loss: L1 (default), Charbonnier
-(``sqrt(d^2 + eps^2)``, ``charbonnier_eps``) or MSE. Validation metrics: PSNR and SSIM on 8-bit values, on the
-Y channel with ``upscale`` pixels cropped from each border (the SR protocol; RGB and no crop for upscale 1), and the
-loss; means over images, summed exactly over processes. At the end of a run ``comparison.png`` in the run folder
-shows a crop of the first validation image: bicubic upscaling | model output | ground truth.
+(``sqrt(d^2 + eps^2)``, ``charbonnier_eps``) or MSE. Validation metrics: PSNR and SSIM on 8-bit values (16-bit ones
+for 16-bit HR images), on the Y channel with ``upscale`` pixels cropped from each border (the SR protocol; RGB and no
+crop for upscale 1), and the loss; means over images, summed exactly over processes. At the end of a run
+``comparison.png`` in the run folder shows a crop of the first validation image: bicubic | model output | HR.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +17,10 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from densezoo.config import DataConfig, TrainConfig, require
-from densezoo.datasets import DataError, SRPairedDataset, collate_pairs, imresize, pair_images
-from densezoo.datasets.sr import tensor_to_image
+from densezoo.config import ConfigError, DataConfig, TrainConfig, require
+from densezoo.datasets import DataError, SRPairedDataset, imresize, pair_images
+from densezoo.datasets.check import check_sr_pairs
+from densezoo.datasets.sr import collate_pairs_and_bits, tensor_to_image
 from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 from densezoo.metrics.sr import psnr, ssim
@@ -116,6 +117,16 @@ class SRTask(Task):
         require(data.noise_sigma >= 0, f'data.noise_sigma={data.noise_sigma} must be 0 or more')
         require(data.val_crop_border is None or data.val_crop_border >= 0,
                 f'data.val_crop_border={data.val_crop_border} must be 0 or more')
+        require(bool(data.hr_dir), "data.hr_dir is empty; name the folder of the HR images (e.g. 'HR')")
+        if data.lr_dir is not None:
+            try:
+                data.lr_dir.format(scale=2)
+            except (KeyError, IndexError, ValueError):
+                raise ConfigError(f"data.lr_dir={data.lr_dir!r} is not allowed; its only placeholder is {{scale}} "
+                                  f"(e.g. 'LR_bicubic/X{{scale}}')") from None
+        require(data.lr_dir is not None or data.degradation == 'bicubic' or data.upscale in (None, 1),
+                f'data.degradation={data.degradation!r} keeps the image size; it needs data.upscale 1, not '
+                f'{data.upscale}')
 
     def __init__(self, config, dist):
         super().__init__(config, dist)
@@ -161,10 +172,12 @@ class SRTask(Task):
                 jpeg_quality=data.jpeg_quality, corrupt=data.corrupt_images, seed=self.config.seed,
                 verify=data.verify_images, repeat=data.repeat if training else 1)
 
-        return make(self.train_folder, True), make(self.val_folder, False)
+        train, val = make(self.train_folder, True), make(self.val_folder, False)
+        check_sr_pairs(train, val, self.crop_border, log=self.dist.is_main)  # before the first step
+        return train, val
 
     def collate_fn(self, training: bool) -> Optional[Callable]:
-        return None if training else collate_pairs  # whole validation images differ in size
+        return None if training else collate_pairs_and_bits  # whole validation images differ in size
 
     def training_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.criterion(model(inputs).float(), targets.float())
@@ -181,13 +194,13 @@ class SRTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, autocast) -> Dict[str, float]:
         sums = dict(loss=0., psnr=0., ssim=0., count=0.)
-        for lrs, hrs in loader:
-            for lr, hr in zip(lrs, hrs):
+        for lrs, hrs, depths in loader:
+            for lr, hr, bits in zip(lrs, hrs, depths):  # scored at the HR image's bit depth
                 lr, hr = lr[None].to(device), hr[None].to(device)
                 sr = self._predict(model, lr, hr.shape, autocast)
                 sums['loss'] += self.criterion(sr, hr).item()
-                sums['psnr'] += psnr(sr[0], hr[0], self.crop_border, self.y_channel)
-                sums['ssim'] += ssim(sr[0], hr[0], self.crop_border, self.y_channel)
+                sums['psnr'] += psnr(sr[0], hr[0], self.crop_border, self.y_channel, bits)
+                sums['ssim'] += ssim(sr[0], hr[0], self.crop_border, self.y_channel, bits)
                 sums['count'] += 1
         sums = all_reduce_sums(sums, self.dist)
         count = max(sums['count'], 1.)
@@ -199,10 +212,12 @@ class SRTask(Task):
         """Write ``comparison.png`` (bicubic | model | ground truth) for the first validation image."""
         if len(val_set) == 0:
             return {}
-        lr, hr = val_set[0]
+        sample = val_set[0]
+        lr, hr = sample
         sr = self._predict(model, lr[None].to(device), hr[None].shape, autocast)[0].cpu()
         baseline = imresize(lr, self.scale).clamp(0, 1) if self.scale > 1 else lr.clamp(0, 1)
-        scores = {key: float(psnr(img, hr, self.crop_border, self.y_channel))
+        bits = getattr(sample, 'bits', 8)
+        scores = {key: float(psnr(img, hr, self.crop_border, self.y_channel, bits))
                   for key, img in (('baseline', baseline), ('model', sr))}
         first = 'bicubic' if self.scale > 1 else 'input'
         image = comparison_image(

@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import nn
 
+from densezoo.checkpoint_io import CheckpointError, check_weights_file, load_weights_file, verify_checkpoint
 from densezoo.datasets import SRPairedDataset
 from densezoo.datasets.sr import tensor_to_image
 from densezoo.registry import check_model_names
@@ -105,10 +105,19 @@ def load_sr_model(name: str, checkpoint, model_kwargs: Optional[Dict[str, Any]] 
             raise EvalError(f'checkpoint {str(checkpoint)!r} was trained as {trained!r}, not {name!r}')
         kwargs.update(run_config.get('model', {}).get('kwargs') or {})
     kwargs.update(model_kwargs or {})
+    if densezoo_checkpoint:
+        try:
+            verify_checkpoint(weights.parent)
+        except CheckpointError as err:
+            raise EvalError(f'checkpoint folder {str(weights.parent)!r} is damaged: {err}; evaluate another '
+                            f'checkpoint of the run') from None
+        state = load_weights_file(weights)
+    else:  # timm reads it; a damaged or unsafe file is reported here first, on one line naming it
+        check_weights_file(weights)
     try:
         if densezoo_checkpoint:
             model = timm.create_model(name, **kwargs)
-            model.load_state_dict(load_file(str(weights)))
+            model.load_state_dict(state)
         else:
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
     except RuntimeError as err:  # load_state_dict: keys or shapes that do not fit
@@ -173,7 +182,8 @@ def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = T
         from tqdm import tqdm
         indices = tqdm(indices, desc=result.name, leave=False, dynamic_ncols=True)
     for index in indices:
-        lr, hr = dataset[index]
+        sample = dataset[index]
+        (lr, hr), bits = sample, sample.bits  # scored at the HR image's bit depth (8 or 16)
         start = time.perf_counter()
         sr = run(model, lr[None].to(device))[0].float().cpu()
         seconds = time.perf_counter() - start
@@ -181,7 +191,8 @@ def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = T
             raise EvalError(f'the model maps the {lr.shape[-2]}x{lr.shape[-1]} image {dataset.name(index)!r} to '
                             f'{sr.shape[-2]}x{sr.shape[-1]}, expected {hr.shape[-2]}x{hr.shape[-1]} (x{scale})')
         result.images.append(ImageScore(name=dataset.name(index), lr_size=tuple(lr.shape[-2:]),
-                                        psnr=psnr(sr, hr, crop, y_channel), ssim=ssim(sr, hr, crop, y_channel),
+                                        psnr=psnr(sr, hr, crop, y_channel, bits),
+                                        ssim=ssim(sr, hr, crop, y_channel, bits),
                                         seconds=seconds))
         if save_dir is not None:
             tensor_to_image(sr).save(save_dir / f'{dataset.name(index)}.png')

@@ -196,7 +196,7 @@ def test_corrupt_images_follow_the_policy(tmp_path, corrupt):
         warnings.simplefilter('always')
         verified = SRPairedDataset(root / 'train' / 'HR', root / 'train' / 'LR_bicubic' / 'X2', scale=2,
                                    verify=True)
-    assert len(verified) == 2 and any('skipping 1 unreadable image pairs' in str(w.message) for w in caught)
+    assert len(verified) == 2 and any('skipping 1 unreadable image pair:' in str(w.message) for w in caught)
 
 
 def test_patch_larger_than_the_image_is_an_error(tmp_path):

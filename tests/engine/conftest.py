@@ -1,10 +1,15 @@
-"""A tiny learnable image-folder dataset and a tiny training config for the engine tests."""
+"""A tiny learnable image-folder dataset and a tiny training config for the engine tests, and the checks of
+interrupted runs: waiting for a run to log its steps, comparing weights, the steps a log holds."""
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file
 
 COLOURS = {'red': (200, 40, 40), 'green': (40, 200, 40), 'blue': (40, 40, 200)}
 
@@ -51,3 +56,28 @@ def write_config(path: Path, values: dict) -> Path:
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / 'data')
+
+
+def wait_for_steps(proc, runs: Path, steps: int, timeout: float = 120) -> None:
+    """Wait until the run that ``proc`` started under ``runs`` has logged ``steps`` training records (or ends)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        logs = list(runs.glob('*/log.jsonl'))
+        if logs and logs[0].read_text().count('"kind": "train"') >= steps:
+            return
+        time.sleep(0.01)
+
+
+def logged_steps(run: Path) -> list:
+    """The steps of a run's training log records, in order."""
+    return [record['step'] for record in map(json.loads, (run / 'log.jsonl').read_text().splitlines())
+            if record['kind'] == 'train']
+
+
+def assert_same_weights(a: Path, b: Path, names=('model.safetensors', 'ema.safetensors')) -> None:
+    """The weights files ``names`` of checkpoint folders ``a`` and ``b`` hold equal tensors, bit for bit."""
+    for name in names:
+        x, y = load_file(str(a / name)), load_file(str(b / name))
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]), f'{name}: {key}'

@@ -97,3 +97,43 @@ def test_cli_rejects_bad_model_kwargs():
     proc = _run('test_vit', '--model-kwargs', 'depth')
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: model kwarg 'depth' is not of the form key=value"
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--batch-size', '0'], 'argument --batch-size: must be at least 1, got 0'),
+    (['--batch-size', '1', '-2'], 'argument --batch-size: must be at least 1, got -2'),
+    (['--iters', '0'], 'argument --iters: must be at least 1, got 0'),
+    (['--img-size', '-5'], 'argument --img-size: must be at least 1, got -5'),
+    (['--warmup', '-1'], 'argument --warmup: must be at least 0, got -1'),
+    (['--threads', '0'], 'argument --threads: must be at least 1, got 0'),
+    (['--iters', 'many'], "argument --iters: must be an integer, got 'many'"),
+    (['--device', 'tpu'], "argument --device: must be one of cpu, cuda, cuda:N, got 'tpu'"),
+])
+def test_cli_rejects_out_of_range_numbers_in_one_line(capsys, args, message):
+    from densezoo.cli.latency import parse_args
+    with pytest.raises(SystemExit) as info:
+        parse_args(['test_vit', *args])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f'error: {message}')
+    valid = parse_args(['test_vit', '--warmup', '0', '--batch-size', '1', '4', '--device', 'cuda:1'])
+    assert valid.batch_size == [1, 4] and valid.warmup == 0 and valid.device == 'cuda:1'
+
+
+@pytest.mark.parametrize('tool, args, message', [
+    ('latency.py', ['--batch-size', '0'], 'latency.py: error: argument --batch-size: must be at least 1, got 0'),
+    ('flops.py', ['--img-size', '0'], 'flops.py: error: argument --img-size: must be at least 1, got 0'),
+    ('eval_sr.py', ['--checkpoint', 'w.pth', '--data', 'd', '--jpeg-quality', '0'],
+     'eval_sr.py: error: argument --jpeg-quality: must be at least 1, got 0'),
+])
+def test_tools_reject_bad_numbers_before_building_anything(tool, args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / tool), 'test_vit', *args], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_cli_rejects_model_kwargs_the_model_does_not_take():
+    proc = _run('test_vit', '--model-kwargs', 'depthh=2', '--iters', '1', '--warmup', '0')
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: test_vit: ') and "unexpected keyword argument 'depthh'" in last, proc.stderr
