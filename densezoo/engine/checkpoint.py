@@ -21,6 +21,7 @@ from torch import nn
 
 from densezoo.checkpoint_io import MANIFEST, CheckpointError, WeightsFileError, load_weights_file, verify_checkpoint, \
     write_manifest
+from densezoo.engine.faults import TrainingError
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'checkpoint_folders', 'verify_checkpoint',
            'write_manifest', 'CheckpointError', 'MANIFEST', 'rng_state', 'set_rng_state', 'seed_everything',
@@ -155,9 +156,27 @@ def _read(folder: Path, name: str):
         raise CheckpointError(f'{name} {err.problem}') from err
 
 
+def _misfit(model: nn.Module, weights: Dict[str, torch.Tensor]) -> Optional[str]:
+    """How ``weights`` do not fit ``model`` (tensors of other shapes, missing or unexpected), or None."""
+    own = model.state_dict()
+    shapes = [key for key in own if key in weights and own[key].shape != weights[key].shape]
+    missing = [key for key in own if key not in weights]
+    unexpected = [key for key in weights if key not in own]
+    parts = []
+    if shapes:
+        key = shapes[0]
+        parts.append(f'{len(shapes)} tensors differ in shape (first: {key}, {list(weights[key].shape)} in the '
+                     f'checkpoint, {list(own[key].shape)} in the model)')
+    for found, what in ((missing, 'missing from the checkpoint'), (unexpected, 'unknown to the model')):
+        if found:
+            parts.append(f'{len(found)} tensors {what} (first: {found[0]})')
+    return '; '.join(parts) or None
+
+
 def load_checkpoint(folder: Path, model: nn.Module, ema: Optional[nn.Module] = None) -> Dict[str, object]:
     """Load weights into ``model`` (and ``ema``) and return the saved state. Every file is verified against the
-    manifest and read before any is used; raises ``CheckpointError`` for a missing, damaged or unsafe file."""
+    manifest and read before any is used; raises ``CheckpointError`` for a missing, damaged or unsafe file, and
+    ``TrainingError`` for weights of another model (a resumed run whose model options were changed)."""
     verify_checkpoint(folder)
     weights = _read(folder, 'model.safetensors')
     ema_weights = _read(folder, 'ema.safetensors') if ema is not None and (folder / 'ema.safetensors').is_file() \
@@ -165,6 +184,10 @@ def load_checkpoint(folder: Path, model: nn.Module, ema: Optional[nn.Module] = N
     state = _read(folder, 'state.pt')
     if not isinstance(state, dict) or 'global_step' not in state:
         raise CheckpointError('state.pt holds no training state')
+    misfit = _misfit(model, weights)
+    if misfit:
+        raise TrainingError(f'{folder.parent.name}/{folder.name} does not fit the model: {misfit}; resume with the '
+                            f'model options the run was trained with (its config.yaml)')
     model.load_state_dict(weights)
     if ema_weights is not None:
         ema.load_state_dict(ema_weights)

@@ -213,3 +213,17 @@ def test_evaluation_verifies_a_checkpoint_folder(tmp_path):
             load_sr_model('densezoo_test_sr_x2', path)
         assert one_line(error) == (f"checkpoint folder '{folder}' is damaged: model.safetensors does not match its "
                                    f"checksum (file damaged); evaluate another checkpoint of the run")
+
+
+def test_resuming_with_another_model_is_one_line(finished, tmp_path, capsys):
+    """A resumed run whose model options were changed: one line naming the checkpoint and the first misfit, not
+    torch's list of every tensor; the checkpoints stay as they were."""
+    from densezoo.cli.train import main
+    run = _copy(finished, tmp_path)
+    before = _step_folders(run)
+    assert main(['--resume', str(run), '--opt', 'model.kwargs.embed_dim=16']) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        'error: checkpoints/step-00000012 does not fit the model: 58 tensors differ in shape (first: '
+        'patch_embed.proj.weight, [8, 3, 2, 2] in the checkpoint, [16, 3, 2, 2] in the model); resume with the '
+        'model options the run was trained with (its config.yaml)')
+    assert _step_folders(run) == before and os.readlink(run / 'checkpoints' / 'last') == 'step-00000012'
