@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['ConfigError', 'ModelConfig', 'DataConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig', 'build_config',
-           'config_keys', 'check_common', 'check_device', 'require']
+           'config_keys', 'check_common', 'check_device', 'require', 'require_pair',
+           'require_probability']
 
 
 class ConfigError(ValueError):
@@ -248,11 +249,13 @@ def check_device(device: Optional[str]) -> None:
             f'(cuda when available, else cpu)')
 
 
-def _require_probability(key: str, value: float) -> None:
+def require_probability(key: str, value: float) -> None:
+    """``key``'s ``value`` lies in [0, 1], else a one-line ``ConfigError``."""
     require(0 <= value <= 1, f'{key}={value} must lie between 0 and 1')
 
 
-def _require_pair(key: str, pair: Tuple[float, float]) -> None:
+def require_pair(key: str, pair: Tuple[float, float]) -> None:
+    """``key``'s ``pair`` is (low, high) with 0 < low <= high, else a one-line ``ConfigError``."""
     require(0 < pair[0] <= pair[1], f'{key}={list(pair)} must be two positive numbers, low <= high')
 
 
@@ -291,7 +294,7 @@ def _check_data(data: DataConfig) -> None:
     require(data.img_size is None or data.img_size >= 1, f'data.img_size={data.img_size} must be at least 1')
     require(data.val_batch_size is None or data.val_batch_size >= 1,
             f'data.val_batch_size={data.val_batch_size} must be at least 1 (or null: data.batch_size)')
-    _require_probability('data.hflip', data.hflip)
+    require_probability('data.hflip', data.hflip)
     require(data.color_jitter >= 0, f'data.color_jitter={data.color_jitter} must be 0 or more (0: no jitter)')
     for key in ('mean', 'std'):
         values = getattr(data, key)

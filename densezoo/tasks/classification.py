@@ -12,7 +12,7 @@ from timm.data.transforms import str_to_interp_mode
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from densezoo.config import ConfigError, DataConfig, TrainConfig, require
+from densezoo.config import ConfigError, DataConfig, TrainConfig, require, require_pair, require_probability
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
 from densezoo.datasets.check import check_image_folders
 from densezoo.distributed import all_reduce_sums
@@ -86,11 +86,10 @@ class ClassificationTask(Task):
         require(data.pipeline in ('timm', 'albumentations'),
                 f"data.pipeline={data.pipeline!r} is not allowed; use 'timm' or 'albumentations'")
         for key in ('scale', 'ratio'):
-            pair = getattr(data, key)
-            require(0 < pair[0] <= pair[1], f'data.{key}={list(pair)} must be two positive numbers, low <= high')
+            require_pair(f'data.{key}', getattr(data, key))
         require(data.scale[1] <= 1, f'data.scale={list(data.scale)} must be at most 1 (fractions of the image area)')
         for key in ('re_prob', 'mixup_prob', 'mixup_switch_prob'):
-            require(0 <= getattr(data, key) <= 1, f'data.{key}={getattr(data, key)} must lie between 0 and 1')
+            require_probability(f'data.{key}', getattr(data, key))
         require(data.crop_pct is None or 0 < data.crop_pct <= 1,
                 f'data.crop_pct={data.crop_pct} must lie in (0, 1] (e.g. 0.875), or be null (the model\'s)')
         require(data.interpolation is None or data.interpolation in INTERPOLATIONS,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from densezoo.config import DataConfig, ModelConfig, TrainConfig, require
+from densezoo.config import DataConfig, ModelConfig, TrainConfig, require, require_pair
 from densezoo.datasets.check import check_segmentation
 from densezoo.datasets.segmentation import (SegmentationDataset, build_seg_pipeline, collate_segmentation,
                                             pair_segmentation_files)
@@ -112,8 +112,7 @@ class SegmentationTask(Task):
         require(data.img_size is None or data.img_size >= 1, f'data.img_size={data.img_size} must be at least 1')
         require(data.resize_short is None or data.resize_short >= 1,
                 f'data.resize_short={data.resize_short} must be at least 1')
-        require(0 < data.ratio_range[0] <= data.ratio_range[1],
-                f'data.ratio_range={list(data.ratio_range)} must be two positive numbers, low <= high')
+        require_pair('data.ratio_range', data.ratio_range)
         window, stride = data.val_slide_window, data.val_slide_stride
         require(window is None or window >= 1, f'data.val_slide_window={window} must be at least 1 (or null)')
         require(stride is None or (window is not None and 1 <= stride <= window),
