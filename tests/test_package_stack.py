@@ -22,14 +22,15 @@ ALLOWED = {
     'models': {'layers'},
     'registry': {'models'},
     'heads': {'checkpoint_io', 'layers', 'models'},
-    '__init__': {'layers', 'models', 'heads', 'registry', 'version'},
+    'hub': {'checkpoint_io', 'layers', 'models', 'heads', 'registry'},
+    '__init__': {'layers', 'models', 'heads', 'hub', 'registry', 'version'},
     'profile': {'__init__', 'layers', 'models', 'registry'},
     'mm': {'__init__', 'checkpoint_io', 'layers', 'models', 'heads', 'registry'},
-    'tasks': {'checkpoint_io', 'config', 'datasets', 'distributed', 'heads', 'layers', 'metrics', 'models', 'profile',
-              'registry'},
+    'tasks': {'checkpoint_io', 'config', 'datasets', 'distributed', 'heads', 'hub', 'layers', 'metrics', 'models',
+              'profile', 'registry'},
     'engine': {'checkpoint_io', 'config', 'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry',
                'tasks'},
-    'cli': {'__init__', 'config', 'datasets', 'engine', 'profile', 'registry', 'tasks'},
+    'cli': {'__init__', 'config', 'datasets', 'engine', 'hub', 'profile', 'registry', 'tasks'},
 }
 
 

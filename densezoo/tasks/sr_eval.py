@@ -14,17 +14,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
-import yaml
 from torch import nn
 
-from densezoo.checkpoint_io import CheckpointError, check_weights_file, load_weights_file, verify_checkpoint
+from densezoo.checkpoint_io import check_weights_file, load_weights_file
 from densezoo.datasets import SRPairedDataset
 from densezoo.datasets.sr import tensor_to_image
+from densezoo.hub.runs import LoadError, find_weights, run_model, verified
 from densezoo.registry import check_model_names
 from densezoo.tasks.sr_inference import self_ensemble, tiled_forward
 from densezoo.metrics.sr import psnr, ssim
 
-__all__ = ['EvalError', 'ImageScore', 'BenchmarkScore', 'load_sr_model', 'find_weights', 'benchmark_dataset',
+__all__ = ['EvalError', 'ImageScore', 'BenchmarkScore', 'load_sr_model', 'benchmark_dataset',
            'evaluate_benchmark', 'sr_forward', 'format_scores', 'scores_to_dict']
 
 
@@ -58,36 +58,6 @@ class BenchmarkScore:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def _run_config(folder: Path) -> Optional[Dict[str, Any]]:
-    """The ``config.yaml`` of the run that holds checkpoint folder ``folder`` (run/checkpoints/step-N)."""
-    path = folder.resolve().parent.parent / 'config.yaml'
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
-
-
-def find_weights(checkpoint, ema: bool = True) -> Tuple[Path, bool, Optional[Dict[str, Any]]]:
-    """The weights file a ``checkpoint`` path names, whether it is a densezoo checkpoint, and its run config."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise EvalError(f'checkpoint {str(path)!r} does not exist')
-    if path.is_dir():
-        if (path / 'checkpoints').is_dir():  # a run folder: its best checkpoint (else the last)
-            for name in ('best', 'last'):
-                if (path / 'checkpoints' / name / 'model.safetensors').is_file():
-                    path = (path / 'checkpoints' / name).resolve()
-                    break
-            else:
-                raise EvalError(f'run folder {str(checkpoint)!r} holds no complete checkpoint')
-        if not (path / 'model.safetensors').is_file():
-            raise EvalError(f'folder {str(checkpoint)!r} is neither a training run nor a checkpoint folder '
-                            f'(no model.safetensors)')
-        weights = path / 'ema.safetensors' if ema and (path / 'ema.safetensors').is_file() else \
-            path / 'model.safetensors'
-        return weights, True, _run_config(path)
-    if path.suffix == '.safetensors' and (path.parent / 'state.pt').is_file():  # inside a checkpoint folder
-        return path, True, _run_config(path.parent)
-    return path, False, None
-
-
 def _first_lines(err: Exception, count: int = 2) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return ' '.join(lines[:count])
@@ -97,20 +67,15 @@ def load_sr_model(name: str, checkpoint, model_kwargs: Optional[Dict[str, Any]] 
                   ema: bool = True) -> Tuple[nn.Module, Path]:
     """The model ``name`` with the weights ``checkpoint`` names (see the module notes), in eval mode."""
     check_model_names([name])
-    weights, densezoo_checkpoint, run_config = find_weights(checkpoint, ema)
-    kwargs = {}
-    if run_config is not None:
-        trained = run_config.get('model', {}).get('name')
-        if trained and trained != name:
-            raise EvalError(f'checkpoint {str(checkpoint)!r} was trained as {trained!r}, not {name!r}')
-        kwargs.update(run_config.get('model', {}).get('kwargs') or {})
+    try:
+        weights, densezoo_checkpoint, run_config = verified(find_weights(checkpoint, ema))
+    except LoadError as err:
+        raise EvalError(str(err)) from None
+    trained, kwargs = run_model(run_config)
+    if trained and trained != name:
+        raise EvalError(f'checkpoint {str(checkpoint)!r} was trained as {trained!r}, not {name!r}')
     kwargs.update(model_kwargs or {})
     if densezoo_checkpoint:
-        try:
-            verify_checkpoint(weights.parent)
-        except CheckpointError as err:
-            raise EvalError(f'checkpoint folder {str(weights.parent)!r} is damaged: {err}; evaluate another '
-                            f'checkpoint of the run') from None
         state = load_weights_file(weights)
     else:  # timm reads it; a damaged or unsafe file is reported here first, on one line naming it
         check_weights_file(weights)

@@ -212,7 +212,7 @@ def test_evaluation_verifies_a_checkpoint_folder(tmp_path):
         with pytest.raises(EvalError) as error:
             load_sr_model('densezoo_test_sr_x2', path)
         assert one_line(error) == (f"checkpoint folder '{folder}' is damaged: model.safetensors does not match its "
-                                   f"checksum (file damaged); evaluate another checkpoint of the run")
+                                   f"checksum (file damaged); use another checkpoint of the run")
 
 
 def test_resuming_with_another_model_is_one_line(finished, tmp_path, capsys):

@@ -1,0 +1,71 @@
+"""densezoo training runs as weights: which file a run folder, checkpoint folder or file names, and its model.
+
+A run folder (``runs/<name>-<time>``) holds ``config.yaml`` and ``checkpoints/{best,last,step-N}/`` with
+``model.safetensors`` (and ``ema.safetensors`` when EMA is on); ``find_weights`` picks the best checkpoint (else the
+last) and its EMA weights unless asked for the model's.
+"""
+from pathlib import Path
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import yaml
+
+from densezoo.checkpoint_io import CheckpointError, verify_checkpoint
+
+__all__ = ['LoadError', 'RunWeights', 'find_weights', 'run_model', 'verified']
+
+
+class LoadError(ValueError):
+    """Weights that cannot be found, recognised or loaded; the message says which and what to do."""
+
+
+class RunWeights(NamedTuple):
+    path: Path  # the weights file
+    densezoo: bool  # inside a densezoo checkpoint folder (it has a manifest)
+    config: Optional[Dict[str, Any]]  # the run's config.yaml, when the file belongs to a run
+
+
+def _run_config(folder: Path) -> Optional[Dict[str, Any]]:
+    """The ``config.yaml`` of the run that holds checkpoint folder ``folder`` (run/checkpoints/step-N)."""
+    path = folder.resolve().parent.parent / 'config.yaml'
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def find_weights(checkpoint, ema: bool = True) -> RunWeights:
+    """The weights file a ``checkpoint`` path names (a file, a checkpoint folder or a run folder)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise LoadError(f'checkpoint {str(path)!r} does not exist')
+    if path.is_dir():
+        if (path / 'checkpoints').is_dir():  # a run folder: its best checkpoint (else the last)
+            for name in ('best', 'last'):
+                if (path / 'checkpoints' / name / 'model.safetensors').is_file():
+                    path = (path / 'checkpoints' / name).resolve()
+                    break
+            else:
+                raise LoadError(f'run folder {str(checkpoint)!r} holds no complete checkpoint')
+        if not (path / 'model.safetensors').is_file():
+            raise LoadError(f'folder {str(checkpoint)!r} is neither a training run nor a checkpoint folder '
+                            f'(no model.safetensors)')
+        weights = path / 'ema.safetensors' if ema and (path / 'ema.safetensors').is_file() else \
+            path / 'model.safetensors'
+        return RunWeights(weights, True, _run_config(path))
+    if path.suffix == '.safetensors' and (path.parent / 'state.pt').is_file():  # inside a checkpoint folder
+        return RunWeights(path, True, _run_config(path.parent))
+    return RunWeights(path, False, None)
+
+
+def verified(weights: RunWeights) -> RunWeights:
+    """``weights`` after checking its checkpoint folder's manifest (a damaged folder is a ``LoadError``)."""
+    if weights.densezoo:
+        try:
+            verify_checkpoint(weights.path.parent)
+        except CheckpointError as err:
+            raise LoadError(f'checkpoint folder {str(weights.path.parent)!r} is damaged: {err}; use another '
+                            f'checkpoint of the run') from None
+    return weights
+
+
+def run_model(config: Optional[Dict[str, Any]]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """The model name and ``create_model`` arguments a run config trained (``(None, {})`` without one)."""
+    model = (config or {}).get('model') or {}
+    return model.get('name'), dict(model.get('kwargs') or {})
