@@ -5,13 +5,15 @@ A run folder (``runs/<name>-<time>``) holds ``config.yaml`` and ``checkpoints/{b
 last) and its EMA weights unless asked for the model's.
 """
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+import timm
+import torch
 import yaml
 
 from densezoo.checkpoint_io import CheckpointError, verify_checkpoint
 
-__all__ = ['LoadError', 'RunWeights', 'find_weights', 'run_model', 'verified']
+__all__ = ['LoadError', 'RunWeights', 'find_weights', 'run_model', 'verified', 'mismatch']
 
 
 class LoadError(ValueError):
@@ -65,7 +67,27 @@ def verified(weights: RunWeights) -> RunWeights:
     return weights
 
 
-def run_model(config: Optional[Dict[str, Any]]) -> Tuple[Optional[str], Dict[str, Any]]:
-    """The model name and ``create_model`` arguments a run config trained (``(None, {})`` without one)."""
+def run_model(config: Optional[Dict[str, Any]],
+              state: Optional[Mapping[str, torch.Tensor]] = None) -> Tuple[Optional[str], Dict[str, Any]]:
+    """The model name and ``create_model`` arguments a run config trained (``(None, {})`` without one).
+
+    A classification run sets ``num_classes`` from its class folders, not in its config: with the run's ``state``
+    it is read from the classifier's weight (the classifier named by the model's pretrained cfg).
+    """
     model = (config or {}).get('model') or {}
-    return model.get('name'), dict(model.get('kwargs') or {})
+    name, kwargs = model.get('name'), dict(model.get('kwargs') or {})
+    if name and state is not None and config.get('task') == 'classification' and 'num_classes' not in kwargs:
+        with torch.device('meta'):
+            built = timm.create_model(name, **kwargs)
+        classifier = (built.pretrained_cfg or {}).get('classifier')
+        for head in ([classifier] if isinstance(classifier, str) else classifier or ()):
+            if f'{head}.weight' in state:
+                kwargs['num_classes'] = state[f'{head}.weight'].shape[0]
+                break
+    return name, kwargs
+
+
+def mismatch(err: Exception) -> str:
+    """The first informative line of a ``load_state_dict`` error (its first line only names the class)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return ' '.join(lines[1:2] or lines[:1]).rstrip('.')

@@ -21,7 +21,7 @@ from densezoo.models.connect import ConnectedModel, model_stage
 
 __all__ = ['SRModel', 'WindowSRTransformer', 'ConnectedWindowSR', 'WINDOW_SR_STAGES', 'checkpoint_filter_fn', 'sr_cfg',
            'RGB_MEAN', 'connected_sr_cfgs', 'create_sr_model', 'unwrap_checkpoint', 'check_pixelshuffle_only',
-           'residual_conv', 'tokens_to_map', 'map_to_tokens']
+           'residual_conv', 'tokens_to_map', 'map_to_tokens', 'official_state_dict']
 
 _logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class SRModel(nn.Module):
         """Reflect-pad bottom and right to a multiple of ``pad_multiple`` (repeating the reflection on inputs
         smaller than the padding, and replicating a single row or column)."""
         multiple = self.pad_multiple
+        if not all(isinstance(size, int) for size in x.shape[-2:]):  # torch.export with dynamic sizes
+            return _reflect_pad_symbolic(x, multiple)
         pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
         while pad_h or pad_w:
             step_h, step_w = min(pad_h, x.shape[-2] - 1), min(pad_w, x.shape[-1] - 1)
@@ -104,6 +106,11 @@ class SRModel(nn.Module):
         mean = self.mean.to(x.dtype)
         x = (self.pad(x) - mean) * self.img_range
         x = self.restore(x) / self.img_range + mean
+        if not (isinstance(height, int) and isinstance(width, int)):  # torch.export with dynamic sizes: gathered,
+            # as a slice would need a proof that the padded size is not smaller
+            for dim, size in ((-2, height), (-1, width)):
+                x = x.index_select(dim, torch.arange(size * self.upscale, device=x.device))
+            return x
         return x[..., :height * self.upscale, :width * self.upscale]
 
     @torch.jit.ignore
@@ -120,6 +127,20 @@ class SRModel(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return nn.Identity()
+
+
+def _reflect_pad_symbolic(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``SRModel.pad`` for a symbolic height and width (at least 2): the rows and columns it gives, gathered by
+    index. Reflecting again and again is a triangle wave over the positions, of period 2·(size − 1)."""
+    if multiple == 1:
+        return x
+    for dim in (-2, -1):
+        size = x.shape[dim]
+        period = 2 * (size - 1)
+        # the padded size as a multiple of ``multiple`` (ceil), so that its division by the window is exact
+        position = torch.arange((size + multiple - 1) // multiple * multiple, device=x.device) % period
+        x = x.index_select(dim, torch.where(position < size, position, period - position))
+    return x
 
 
 def _run(module: nn.Module, use_checkpoint: bool, *args):
@@ -202,6 +223,21 @@ class WindowSRTransformer(SRReconstruction, SRModel):
         shallow = self.conv_first(x)
         features = self.conv_after_body(self.forward_features(shallow)) + shallow
         return self.reconstruct(features, x)
+
+    def official_buffers(self) -> Dict[str, torch.Tensor]:
+        """The derived buffers the official model stores in its state dict (SwinIR, DRCT): each Swin layer's
+        ``attn.relative_position_index`` and, for shifted layers, its ``attn_mask`` at ``img_size``."""
+        out = {}
+        for name, module in self.named_modules():
+            index = getattr(getattr(module, 'attn', None), 'relative_position_index', None)
+            if not hasattr(module, 'shift_size') or index is None:
+                continue
+            out[f'{name}.attn.relative_position_index'] = index
+            if module.shift_size:
+                height, width = module.input_resolution
+                out[f'{name}.attn_mask'] = shifted_window_mask(height, width, module.window_size,
+                                                               module.shift_size, index.device)
+        return out
 
 
 class PatchNorm(nn.Module):
@@ -369,6 +405,18 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> Dict[str, torch.
                          f'{f" and {len(missing) - 1} more keys" if len(missing) > 1 else ""}; is it a checkpoint '
                          f'of another model or configuration?')
     return out
+
+
+def official_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``model``'s weights as the official implementation stores them: its state dict plus the derived buffers
+    (``official_buffers``) that ``checkpoint_filter_fn`` drops when loading. A connected model has no official
+    counterpart and raises ``ValueError``."""
+    state = model.state_dict()
+    if any(key.startswith('connection.') for key in state):
+        raise ValueError(f'{type(model).__name__} has a {getattr(model, "connection_kind", "")} connection between '
+                         f'its groups, which the official model lacks; only plain models have an official layout')
+    buffers = model.official_buffers() if hasattr(model, 'official_buffers') else {}
+    return {**{key: value.clone() for key, value in buffers.items()}, **state}
 
 
 def _shape(value) -> str:

@@ -249,6 +249,11 @@ class HAT(WindowSRTransformer):
                              persistent=False)
         self.finish()
 
+    def official_buffers(self):
+        """The official HAT stores only its two top-level position indices (its layers get them as arguments)."""
+        return {'relative_position_index_SA': self.relative_position_index_SA,
+                'relative_position_index_OCA': self.relative_position_index_OCA}
+
 
 class ConnectedHAT(ConnectedWindowSR, HAT):
     """HAT whose residual groups run through a connection (``connection``, ``connection_args``, then ``HAT``'s

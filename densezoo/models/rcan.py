@@ -22,7 +22,7 @@ from densezoo.models._common import register_models
 from densezoo.models._sr import RGB_MEAN, SRModel, create_sr_model, sr_cfg, unwrap_checkpoint
 from densezoo.models._sr import checkpoint_filter_fn as sr_checkpoint_filter_fn
 
-__all__ = ['RCAN', 'RCAB', 'ResidualGroup', 'checkpoint_filter_fn']
+__all__ = ['RCAN', 'RCAB', 'ResidualGroup', 'checkpoint_filter_fn', 'original_state_dict']
 
 _logger = logging.getLogger(__name__)
 
@@ -235,6 +235,38 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> Dict[str, torch.
         state_dict = {_original_to_basicsr(key): value for key, value in state_dict.items()
                       if key.split('.', 1)[0] not in ('sub_mean', 'add_mean')}
     return sr_checkpoint_filter_fn(state_dict, model)
+
+
+def original_state_dict(model: 'RCAN') -> Dict[str, torch.Tensor]:
+    """``model``'s weights in the original RCAN (EDSR-PyTorch) layout, the inverse of ``checkpoint_filter_fn``:
+    the renames listed there, and the fixed ``sub_mean`` / ``add_mean`` convs (identity weights, biases ∓
+    ``img_range · rgb_mean``) that the original model holds as parameters."""
+    groups, blocks = model.num_group, model.num_block
+    renames = (
+        (r'conv_first\.(\w+)', r'head.0.\1'),
+        (r'body\.(\d+)\.residual_group\.(\d+)\.rcab\.([02])\.(\w+)', r'body.\1.body.\2.body.\3.\4'),
+        (r'body\.(\d+)\.residual_group\.(\d+)\.rcab\.3\.attention\.1\.(\w+)', r'body.\1.body.\2.body.3.conv_du.0.\3'),
+        (r'body\.(\d+)\.residual_group\.(\d+)\.rcab\.3\.attention\.3\.(\w+)', r'body.\1.body.\2.body.3.conv_du.2.\3'),
+        (r'body\.(\d+)\.conv\.(\w+)', rf'body.\1.body.{blocks}.\2'),
+        (r'conv_after_body\.(\w+)', rf'body.{groups}.\1'),
+        (r'upsample\.(\d+)\.(\w+)', r'tail.0.\1.\2'),
+        (r'conv_last\.(\w+)', r'tail.1.\1'),
+    )
+    out = {}
+    for key, value in model.state_dict().items():
+        for pattern, replacement in renames:
+            if re.fullmatch(pattern, key):
+                out[re.sub(pattern, replacement, key)] = value.clone()
+                break
+        else:
+            raise ValueError(f'{key} has no place in the original RCAN layout')
+    channels = model.in_chans
+    mean = (model.mean.detach().float().cpu().flatten() * torch.ones(channels)) * model.img_range
+    identity = torch.eye(channels).view(channels, channels, 1, 1)
+    for prefix, sign in _MEAN_SHIFTS:
+        out[f'{prefix}.weight'] = identity.clone()
+        out[f'{prefix}.bias'] = sign * mean
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
