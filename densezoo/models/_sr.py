@@ -7,6 +7,7 @@ Design notes: docs/sr-models.md.
 """
 import contextlib
 import logging
+import math
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -16,12 +17,13 @@ from torch import nn
 from timm.models import build_model_with_cfg, checkpoint, resolve_pretrained_cfg
 
 from densezoo.layers.upsample import SRReconstruction
-from densezoo.layers.window_attention import from_window_order, shifted_window_mask, to_window_order
+from densezoo.layers.window_attention import SwinIRBlock, from_window_order, shifted_window_mask, to_window_order
 from densezoo.models.connect import ConnectedModel, model_stage
 
 __all__ = ['SRModel', 'WindowSRTransformer', 'ConnectedWindowSR', 'WINDOW_SR_STAGES', 'checkpoint_filter_fn', 'sr_cfg',
            'RGB_MEAN', 'connected_sr_cfgs', 'create_sr_model', 'unwrap_checkpoint', 'check_pixelshuffle_only',
-           'residual_conv', 'tokens_to_map', 'map_to_tokens', 'official_state_dict']
+           'residual_conv', 'tokens_to_map', 'map_to_tokens', 'official_state_dict', 'register_stream_rule',
+           'scale_linear_', 'scale_group_conv']
 
 _logger = logging.getLogger(__name__)
 
@@ -138,7 +140,9 @@ def _reflect_pad_symbolic(x: torch.Tensor, multiple: int) -> torch.Tensor:
         size = x.shape[dim]
         period = 2 * (size - 1)
         # the padded size as a multiple of ``multiple`` (ceil), so that its division by the window is exact
-        position = torch.arange((size + multiple - 1) // multiple * multiple, device=x.device) % period
+        position = torch.arange((size + multiple - 1) // multiple * multiple, device=x.device)
+        # the period as a tensor: ONNX export takes no modulo by a symbolic number
+        position = position % torch.scalar_tensor(period, dtype=position.dtype, device=x.device)
         x = x.index_select(dim, torch.where(position < size, position, period - position))
     return x
 
@@ -224,6 +228,36 @@ class WindowSRTransformer(SRReconstruction, SRModel):
         features = self.conv_after_body(self.forward_features(shallow)) + shallow
         return self.reconstruct(features, x)
 
+    @torch.no_grad()
+    def scale_stream_(self, factor: float) -> 'WindowSRTransformer':
+        """Multiply the body's residual stream by ``factor``, a power of two, without changing the output.
+
+        The stream starts at the embedding norm (its weight and bias are scaled), every branch added to it ends in
+        a scaled layer (``register_stream_rule``: attention and MLP output projections, group convs' biases, ...),
+        and every LayerNorm that reads it gets ``eps · factor²``, so it normalises exactly as before. Scaling by a
+        power of two commutes with floating-point rounding, so outputs are unchanged barring under- or overflow:
+        in float16 a stream too large for the format runs scaled down (``densezoo.tasks.sr_inference``).
+        """
+        mantissa, _ = math.frexp(factor)
+        if factor <= 0 or mantissa != 0.5:
+            raise ValueError(f'factor={factor} must be a positive power of two (exact in floating point)')
+        if getattr(self, 'connection', None) is not None:
+            raise ValueError(f'{type(self).__name__} has a {self.connection_kind} connection; scaling the stream of '
+                             f'connected models is not supported (use float32 or bfloat16)')
+        if not isinstance(self.patch_embed.norm, nn.LayerNorm):
+            raise ValueError('the stream can be scaled only when it starts at a LayerNorm (patch_norm=True)')
+        self.patch_embed.norm.weight.mul_(factor)
+        self.patch_embed.norm.bias.mul_(factor)
+        if self.ape:
+            self.absolute_pos_embed.mul_(factor)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm) and module is not self.patch_embed.norm:
+                module.eps *= factor * factor
+            for cls, rule in _STREAM_RULES:
+                if isinstance(module, cls):
+                    rule(module, factor)
+        return self
+
     def official_buffers(self) -> Dict[str, torch.Tensor]:
         """The derived buffers the official model stores in its state dict (SwinIR, DRCT): each Swin layer's
         ``attn.relative_position_index`` and, for shifted layers, its ``attn_mask`` at ``img_size``."""
@@ -238,6 +272,40 @@ class WindowSRTransformer(SRReconstruction, SRModel):
                 out[f'{name}.attn_mask'] = shifted_window_mask(height, width, module.window_size,
                                                                module.shift_size, index.device)
         return out
+
+
+#: (module class, rule): how a module whose output joins the residual stream is scaled by ``scale_stream_``
+_STREAM_RULES: List[Tuple[type, Callable[[nn.Module, float], None]]] = []
+
+
+def register_stream_rule(cls: type, rule: Callable[[nn.Module, float], None]) -> None:
+    """Teach ``WindowSRTransformer.scale_stream_`` to scale the stream contribution of modules of ``cls``."""
+    _STREAM_RULES.append((cls, rule))
+
+
+def scale_linear_(layer: nn.Module, factor: float, weight: bool = True) -> None:
+    """Multiply a linear or conv layer's bias (and ``weight``) by ``factor``."""
+    if weight:
+        layer.weight.mul_(factor)
+    if layer.bias is not None:
+        layer.bias.mul_(factor)
+
+
+def _scale_swin_block(block: nn.Module, factor: float) -> None:
+    # both branches read normalised tokens; their last layers make them the stream's scale
+    scale_linear_(block.attn.proj, factor)
+    scale_linear_(block.mlp.fc2, factor)
+
+
+def scale_group_conv(group: nn.Module, factor: float) -> None:
+    """A residual group's closing conv(s) act on the scaled stream: only their biases change (LeakyReLU between
+    the '3conv' layers is positively homogeneous)."""
+    for layer in group.conv.modules():
+        if isinstance(layer, nn.Conv2d):
+            scale_linear_(layer, factor, weight=False)
+
+
+register_stream_rule(SwinIRBlock, _scale_swin_block)
 
 
 class PatchNorm(nn.Module):

@@ -17,7 +17,8 @@ from timm.models import generate_default_cfgs
 from densezoo.layers.window_attention import SwinIRBlock, fast_linear
 from densezoo.models._common import register_models
 from densezoo.models._sr import (WINDOW_SR_STAGES, ConnectedWindowSR, WindowSRTransformer,
-                                 check_pixelshuffle_only, connected_sr_cfgs, create_sr_model, sr_cfg)
+                                 check_pixelshuffle_only, connected_sr_cfgs, create_sr_model, register_stream_rule,
+                                 scale_linear_, sr_cfg)
 from densezoo.models.connect import StageFamily, register_family
 
 __all__ = ['DRCT', 'RDG']
@@ -113,6 +114,13 @@ class ConnectedDRCT(ConnectedWindowSR, DRCT):
     arguments)."""
 
 
+def _scale_rdg(group: RDG, factor: float) -> None:
+    # the adjust convs read the (scaled) dense features; LeakyReLU keeps the scale
+    for k in range(LAYERS_PER_GROUP):
+        scale_linear_(getattr(group, f'adjust{k + 1}'), factor, weight=False)
+
+
+register_stream_rule(RDG, _scale_rdg)
 register_family(StageFamily(name='DRCT', connected_models={DRCT: ConnectedDRCT}, **WINDOW_SR_STAGES))
 
 

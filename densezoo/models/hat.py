@@ -18,12 +18,13 @@ from timm.models import generate_default_cfgs
 
 from densezoo.layers.channel_attention import ChannelAttention
 from densezoo.layers.window_attention import (LeanMlp, SwinIRBlock, fast_linear, gather_position_bias,
-                                              relative_position_index, window_attention, window_merge,
+                                              merge_heads, relative_position_index, window_attention, window_merge,
                                               window_partition)
 from densezoo.models._common import register_models
 from densezoo.models._sr import (WINDOW_SR_STAGES, ConnectedWindowSR, WindowSRTransformer,
                                  check_pixelshuffle_only, connected_sr_cfgs, create_sr_model, map_to_tokens,
-                                 residual_conv, sr_cfg, tokens_to_map)
+                                 register_stream_rule, residual_conv, scale_group_conv, scale_linear_, sr_cfg,
+                                 tokens_to_map)
 from densezoo.models.connect import StageFamily, register_family
 
 __all__ = ['HAT', 'RHAG', 'HATLayer', 'HAB', 'OCAB', 'CAB', 'overlap_position_index']
@@ -136,7 +137,7 @@ class OCAB(nn.Module):
         k, v = kv.view(batch, q.shape[1], ows * ows, 2, heads, -1).permute(3, 0, 1, 4, 2, 5).unbind(0)
         q = q.view(batch, q.shape[1], ws * ws, heads, -1).transpose(2, 3)
         out = window_attention(q, k, v, self.position_bias(), None, self.scale)
-        out = window_merge(out.transpose(2, 3).reshape(batch, -1, ws * ws, dim), ws, height, width)
+        out = window_merge(merge_heads(out), ws, height, width)
         x = fast_linear(out.reshape(batch, tokens, dim), self.proj.weight, self.proj.bias) + x
         return x + self.mlp(self.norm2(x))
 
@@ -260,6 +261,18 @@ class ConnectedHAT(ConnectedWindowSR, HAT):
     arguments)."""
 
 
+def _scale_hab(block: HAB, factor: float) -> None:
+    block.conv_scale *= factor  # the CAB branch (its channel attention is not homogeneous: scaled after it)
+
+
+def _scale_ocab(block: OCAB, factor: float) -> None:
+    scale_linear_(block.proj, factor)
+    scale_linear_(block.mlp.fc2, factor)
+
+
+register_stream_rule(HAB, _scale_hab)  # HAB is a SwinIRBlock: its attention and MLP are scaled as such
+register_stream_rule(OCAB, _scale_ocab)
+register_stream_rule(RHAG, scale_group_conv)
 register_family(StageFamily(name='HAT', connected_models={HAT: ConnectedHAT}, **WINDOW_SR_STAGES))
 
 

@@ -18,7 +18,8 @@ from timm.models import generate_default_cfgs
 from densezoo.layers.window_attention import SwinIRBlock
 from densezoo.models._common import register_models
 from densezoo.models._sr import (WINDOW_SR_STAGES, ConnectedWindowSR, WindowSRTransformer, connected_sr_cfgs,
-                                 create_sr_model, map_to_tokens, residual_conv, sr_cfg, tokens_to_map)
+                                 create_sr_model, map_to_tokens, register_stream_rule, residual_conv,
+                                 scale_group_conv, sr_cfg, tokens_to_map)
 from densezoo.models.connect import StageFamily, register_family
 
 __all__ = ['SwinIR', 'RSTB', 'SwinIRLayer']
@@ -106,6 +107,7 @@ class ConnectedSwinIR(ConnectedWindowSR, SwinIR):
     arguments)."""
 
 
+register_stream_rule(RSTB, scale_group_conv)
 register_family(StageFamily(name='SwinIR', connected_models={SwinIR: ConnectedSwinIR}, **WINDOW_SR_STAGES))
 
 

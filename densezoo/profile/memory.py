@@ -15,6 +15,16 @@ from torch.utils._pytree import tree_flatten
 __all__ = ['TensorMemoryTracker', 'training_step_memory']
 
 
+def _storage(tensor):
+    """The storage of a tensor that has one (not meta, not an opaque oneDNN tensor), else None."""
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type == 'meta' or tensor.is_mkldnn:
+        return None
+    try:
+        return tensor.untyped_storage()
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
 class TensorMemoryTracker(TorchDispatchMode):
     """Context manager tracking live and peak bytes of the tensor storages created inside it.
 
@@ -31,13 +41,11 @@ class TensorMemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         # outputs sharing an input's storage (views, in-place results) allocate nothing
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type != 'meta'}
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != 'meta':
-                storage = tensor.untyped_storage()
-                if storage.data_ptr() not in inputs:
-                    self._track(storage)
+        inputs = {storage.data_ptr() for storage in map(_storage, tree_flatten((args, kwargs))[0])
+                  if storage is not None}
+        for storage in map(_storage, tree_flatten(out)[0]):
+            if storage is not None and storage.data_ptr() not in inputs:
+                self._track(storage)
         return out
 
     def _track(self, storage) -> None:

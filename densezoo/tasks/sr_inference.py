@@ -1,14 +1,20 @@
-"""Inference helpers for super-resolution models: x8 self-ensemble and tiled inference of large images.
+"""Inference helpers for super-resolution models: x8 self-ensemble, tiled inference of large images, float16.
 
-Both take any module mapping a (B, C, H, W) low-resolution batch to a (B, C', H * s, W * s) one, and compose:
-``self_ensemble(model, lr, forward=functools.partial(tiled_forward, tile=256, overlap=32))``.
+The first two take any module mapping a (B, C, H, W) low-resolution batch to a (B, C', H * s, W * s) one, and
+compose: ``self_ensemble(model, lr, forward=functools.partial(tiled_forward, tile=256, overlap=32))``.
+``half_precision`` gives a float16 copy of a model whose residual stream is scaled down by a power of two when its
+float32 peak would not fit float16 (exact: docs/sr-models.md).
 """
-from typing import Callable, List, Optional, Tuple
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ['self_ensemble', 'tiled_forward', 'tile_starts', 'DIHEDRAL']
+__all__ = ['self_ensemble', 'tiled_forward', 'tile_starts', 'DIHEDRAL', 'activation_peaks', 'half_precision',
+           'HalfPrecision']
 
 #: the 8 symmetries of the square as (transpose, flip height, flip width), applied in that order
 DIHEDRAL: Tuple[Tuple[bool, bool, bool], ...] = tuple(
@@ -96,3 +102,82 @@ def tiled_forward(model: nn.Module, lr: torch.Tensor, tile: int = 256, overlap: 
             out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += piece.float()
             weight[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += 1
     return (out / weight).to(lr.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# float16
+
+@torch.no_grad()
+def activation_peaks(model: nn.Module, x: torch.Tensor) -> Dict[str, float]:
+    """The largest absolute value each module of ``model`` outputs on ``x`` (module name -> value)."""
+    peaks: Dict[str, float] = {}
+    hooks = []
+
+    def record(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
+                value = output.detach().float().abs().max().item()
+                if name not in peaks or not value <= peaks[name]:  # NaN is kept: it is reported
+                    peaks[name] = value
+        return hook
+
+    for name, module in model.named_modules():
+        if module is not model:
+            hooks.append(module.register_forward_hook(record(name)))
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return peaks
+
+
+def _largest(peaks: Dict[str, float]) -> Tuple[float, str]:
+    name = max(peaks, key=lambda key: (not math.isfinite(peaks[key]), peaks[key]), default='')
+    return peaks.get(name, 0.0), name
+
+
+@dataclass
+class HalfPrecision:
+    """A float16 copy of a model, and how its values sit in float16's range (largest finite 65504)."""
+    model: nn.Module
+    shift: int  # the residual stream runs multiplied by 2 ** -shift
+    peak: float  # largest |module output| of the unscaled model on the calibration input (float32)
+    peak_module: str
+    scaled_peak: float  # the same for the copy that runs in float16 (after scaling its stream)
+    scaled_module: str
+    margin: float  # float16's largest value / scaled_peak: > 1 means nothing overflows
+
+    def __str__(self) -> str:
+        return (f'float16: peak {self.peak:.4g} ({self.peak_module}); stream scaled by 2^-{self.shift}: peak '
+                f'{self.scaled_peak:.4g} ({self.scaled_module}), margin {self.margin:.3g}x')
+
+
+def half_precision(model: nn.Module, sample: torch.Tensor, headroom: float = 16.,
+                   dtype: torch.dtype = torch.float16) -> HalfPrecision:
+    """A ``dtype`` copy of ``model`` calibrated on ``sample`` (an input batch, run in float32).
+
+    Window SR transformers (SwinIR, DRCT, HAT) keep a residual stream that trained weights make large; when the
+    largest value any module outputs, times ``headroom``, would exceed the format, the copy's stream is scaled by
+    the smallest power of two that would make it fit (``scale_stream_``, exact). If values outside the stream are
+    still too large, a one-line ``ValueError`` names the module.
+    """
+    top = torch.finfo(dtype).max
+    reference = model.float().eval()
+    peak, peak_module = _largest(activation_peaks(reference, sample.float()))
+    if not math.isfinite(peak):
+        raise ValueError(f'{peak_module} gives non-finite values in float32 on the calibration input')
+    shift = max(0, math.ceil(math.log2(peak * headroom / top))) if peak else 0
+    copied = copy.deepcopy(reference)
+    scaled, scaled_module = peak, peak_module
+    if shift:
+        if not hasattr(copied, 'scale_stream_'):
+            raise ValueError(f'{type(model).__name__}: {peak_module} outputs values up to {peak:.4g}, more than '
+                             f'{str(dtype).split(".")[-1]} holds with headroom {headroom:g}; use bfloat16 or float32')
+        copied.scale_stream_(2.0 ** -shift)
+        scaled, scaled_module = _largest(activation_peaks(copied, sample.float()))
+        if scaled * headroom > top:
+            raise ValueError(f'{scaled_module} outputs values up to {scaled:.4g} outside the residual stream, more '
+                             f'than {str(dtype).split(".")[-1]} holds with headroom {headroom:g}; use bfloat16 or '
+                             f'float32')
+    return HalfPrecision(copied.to(dtype), shift, peak, peak_module, scaled, scaled_module, top / max(scaled, 1e-30))

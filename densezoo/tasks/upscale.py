@@ -25,6 +25,7 @@ from densezoo.hub.load import load_sr
 from densezoo.hub.runs import LoadError
 from densezoo.profile.memory import TensorMemoryTracker
 from densezoo.tasks.sr_eval import EvalError, load_sr_model, sr_forward
+from densezoo.tasks.sr_inference import half_precision
 
 __all__ = ['upscale', 'upscale_pixels', 'find_images', 'pick_tile', 'memory_budget', 'UpscaleError', 'DTYPES']
 
@@ -227,7 +228,8 @@ def upscale(inputs: Union[str, Path, Sequence[Union[str, Path]], np.ndarray],
             of the available RAM), or runs whole images when they fit.
         tile_overlap: LR pixels shared by neighbouring tiles.
         self_ensemble: The x8 flip / transpose ensemble.
-        dtype: 'float32', 'bfloat16' or 'float16' (the model's weights and activations).
+        dtype: 'float32', 'bfloat16' or 'float16' (the model's weights and activations). float16 is calibrated on
+            the first image: a SwinIR / DRCT / HAT stream that would overflow runs scaled down by a power of two.
         progress: A progress bar over the images (default: when stderr is a terminal).
 
     Returns the upscaled array for an array input, else a list of ``Upscaled`` records (source, output, size).
@@ -254,9 +256,19 @@ def upscale(inputs: Union[str, Path, Sequence[Union[str, Path]], np.ndarray],
         _check_headers(items, ext)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch_dtype = DTYPES[dtype]
-    net = _model(checkpoint, model, device, torch_dtype)
+    half = torch_dtype == torch.float16
+    net = _model(checkpoint, model, device, torch.float32 if half else torch_dtype)
     if log is not None and hasattr(net, 'detected'):
         log(f'model: {net.detected}')
+    if half:  # calibrated on the first image: the stream is scaled down if float16 would overflow
+        first = inputs if array else read_pixels(items[0][0])[0]
+        try:
+            prepared = half_precision(net, _calibration_crop(first, net.in_chans).to(device))
+        except ValueError as err:
+            raise UpscaleError(str(err)) from None
+        net = prepared.model
+        if log is not None:
+            log(str(prepared))
     budget = int(memory * 2 ** 30) if memory is not None else memory_budget(device)
     largest = tile or pick_tile(net, 2 ** 20, 2 ** 20, budget, tile_overlap, torch_dtype, device)
 
@@ -285,6 +297,18 @@ def upscale(inputs: Union[str, Path, Sequence[Union[str, Path]], np.ndarray],
             raise UpscaleError(f'cannot write {str(output)!r}: {err.strerror or err}') from None
         done.append(Upscaled(source, output, pixels.shape[:2], pixels.shape[2], bits, chosen))
     return done
+
+
+def _calibration_crop(pixels: np.ndarray, channels: int, side: int = 64) -> torch.Tensor:
+    """The centre ``side`` x ``side`` crop of an image (H, W[, C]) as a model input (1, channels, h, w) in [0, 1]."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    values = pixels.astype(np.float32) / (float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind == 'u' else 1.)
+    colour = values[..., :3] if values.shape[2] >= 3 else values[..., :1]
+    colour = np.repeat(colour, channels, axis=-1) if colour.shape[2] == 1 else colour[..., :channels]
+    top, left = max(0, (colour.shape[0] - side) // 2), max(0, (colour.shape[1] - side) // 2)
+    crop = colour[top:top + side, left:left + side]
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
 
 
 def _check_headers(items: Sequence[Tuple[Path, Path]], ext: str) -> None:
