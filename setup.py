@@ -23,6 +23,9 @@ setup(
         'densezoo-flops = densezoo.cli.flops:main',
         'densezoo-latency = densezoo.cli.latency:main',
         'densezoo-model-table = densezoo.cli.model_table:main',
+        'densezoo-validate = densezoo.cli.validate:main',
+        'densezoo-upscale = densezoo.cli.upscale:main',
+        'densezoo-export = densezoo.cli.export:main',
     ]},
     install_requires=[
         # torch and torchvision come from the package index; torchvision must match torch's build.
@@ -44,6 +47,12 @@ setup(
         'dev': [
             'pytest>=8',
             'pytest-xdist>=3.5',
+        ],
+        # ONNX export and its checks in ONNX Runtime (densezoo.hub.program; the test set-up installs it).
+        'onnx': [
+            'onnx>=1.16',
+            'onnxscript>=0.2',
+            'onnxruntime>=1.18',
         ],
         # The OpenMMLab stack as measured to work together with densezoo's backbones.
         'mm': [

@@ -1,2 +1,3 @@
-"""The command-line tools: ``densezoo-train``, ``densezoo-eval-sr``, ``densezoo-flops``, ``densezoo-latency`` and
-``densezoo-model-table`` (also ``python -m densezoo.cli.<tool>`` and ``python tools/<tool>.py``)."""
+"""The command-line tools: ``densezoo-train``, ``densezoo-upscale``, ``densezoo-export``, ``densezoo-validate``,
+``densezoo-eval-sr``, ``densezoo-flops``, ``densezoo-latency`` and ``densezoo-model-table`` (also
+``python -m densezoo.cli.<tool>`` and ``python tools/<tool>.py``)."""

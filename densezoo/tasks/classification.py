@@ -18,7 +18,8 @@ from densezoo.datasets.check import check_image_folders
 from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 
-__all__ = ['ClassificationTask', 'ClassificationDataConfig', 'ClassificationTrainConfig']
+__all__ = ['ClassificationTask', 'ClassificationDataConfig', 'ClassificationTrainConfig', 'classification_scores',
+           'resolved_data_config']
 
 
 @dataclass
@@ -70,6 +71,41 @@ def _check_auto_augment(policy: str) -> None:
         reason = f' ({" ".join(str(err).split())})' if str(err) else ''
         raise ConfigError(f'data.auto_augment={policy!r} is not a timm augmentation policy{reason}; use e.g. '
                           f"'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'original' or 'v0'") from None
+
+
+def resolved_data_config(data, model: nn.Module) -> Dict:
+    """timm's data settings of ``model`` with the overrides of a config's ``data`` section."""
+    resolved = resolve_data_config(model=model)
+    if data.img_size:
+        resolved['input_size'] = (resolved['input_size'][0], data.img_size, data.img_size)
+    for key in ('interpolation', 'crop_pct', 'mean', 'std'):
+        if getattr(data, key) is not None:
+            resolved[key] = getattr(data, key)
+    return resolved
+
+
+@torch.no_grad()
+def classification_scores(model: nn.Module, loader, device: torch.device, autocast, num_classes: int,
+                          dist=None) -> Dict[str, float]:
+    """Mean cross-entropy, top-1 and top-k (k = 5, capped at ``num_classes``) in percent over ``loader``, summed
+    over the processes of ``dist``: what training validates with and ``tools/validate.py`` reports."""
+    sums = dict(loss=0., top1=0., top5=0., count=0.)
+    k = min(5, num_classes)
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast():
+            logits = model(inputs)
+        logits = logits.float()
+        sums['loss'] += F.cross_entropy(logits, targets, reduction='sum').item()
+        top = logits.topk(k, dim=1).indices
+        sums['top1'] += (top[:, 0] == targets).sum().item()
+        sums['top5'] += (top == targets[:, None]).any(dim=1).sum().item()
+        sums['count'] += targets.numel()
+    if dist is not None:
+        sums = all_reduce_sums(sums, dist)
+    count = max(sums['count'], 1.)
+    return dict(loss=sums['loss'] / count, top1=100 * sums['top1'] / count, top5=100 * sums['top5'] / count,
+                count=int(sums['count']))
 
 
 @register_task
@@ -131,14 +167,7 @@ class ClassificationTask(Task):
 
     def resolved_data_config(self, model: nn.Module) -> Dict:
         """timm's data settings of the model, with the config's overrides."""
-        data = self.config.data
-        resolved = resolve_data_config(model=model)
-        if data.img_size:
-            resolved['input_size'] = (resolved['input_size'][0], data.img_size, data.img_size)
-        for key in ('interpolation', 'crop_pct', 'mean', 'std'):
-            if getattr(data, key) is not None:
-                resolved[key] = getattr(data, key)
-        return resolved
+        return resolved_data_config(self.config.data, model)
 
     def build_datasets(self, model: nn.Module) -> Tuple[ImageFolderDataset, ImageFolderDataset]:
         data = self.config.data
@@ -157,22 +186,6 @@ class ClassificationTask(Task):
             inputs, targets = self.mixup(inputs, targets)
         return self.criterion(model(inputs), targets)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, autocast) -> Dict[str, float]:
-        sums = dict(loss=0., top1=0., top5=0., count=0.)
-        k = min(5, len(self.classes))
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            with autocast():
-                logits = model(inputs)
-            logits = logits.float()
-            sums['loss'] += F.cross_entropy(logits, targets, reduction='sum').item()
-            top = logits.topk(k, dim=1).indices
-            sums['top1'] += (top[:, 0] == targets).sum().item()
-            sums['top5'] += (top == targets[:, None]).any(dim=1).sum().item()
-            sums['count'] += targets.numel()
-        sums = all_reduce_sums(sums, self.dist)
-        count = max(sums['count'], 1.)
-        return dict(loss=sums['loss'] / count, top1=100 * sums['top1'] / count, top5=100 * sums['top5'] / count,
-                    count=int(sums['count']))
+        return classification_scores(model, loader, device, autocast, len(self.classes), self.dist)
 
