@@ -1,4 +1,7 @@
-"""Helpers shared by the model tests."""
+"""Helpers shared by the tests."""
+import importlib.util
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -107,3 +110,12 @@ def assert_bfloat16_autocast_close(model: nn.Module, x: torch.Tensor, tolerance:
     assert (out.float() - expected).abs().max() <= tolerance * expected.abs().max()
     out.float().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` of this clone, loaded as a module (its ``main`` is the installed command's)."""
+    path = Path(__file__).resolve().parents[1] / 'tools' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(f'{name}_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

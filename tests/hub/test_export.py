@@ -5,9 +5,7 @@ RCAN classes produce, buffers included; the export of the same weights must equa
 dtypes, values), so the official classes load it strictly. spandrel (the loader of chaiNNer and ComfyUI) must
 recognise every export and give the same output (run where spandrel is installed).
 """
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import timm
@@ -18,19 +16,15 @@ from densezoo.hub.export import export_official, export_timm_dir, official_state
 from densezoo.hub.runs import LoadError
 from densezoo.models._sr import checkpoint_filter_fn
 from densezoo.models.rcan import RCAN, original_state_dict
-from tests.helpers import load_fixture, one_line
+from tests.helpers import load_fixture, load_tool, one_line
 from tests.models.reduced import reduced_args, reduced_model
 
-ROOT = Path(__file__).resolve().parents[2]
 WINDOW_FIXTURES = ('swinir_classical_x2', 'swinir_lightweight_x3', 'swinir_realsr_x4', 'swinir_denoise_1conv',
                    'swinir_denoise_3conv', 'drct_x2', 'hat_x4')
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('export_tool', ROOT / 'tools' / 'export.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('export')
 
 
 @pytest.mark.parametrize('fixture', WINDOW_FIXTURES)

@@ -1,6 +1,5 @@
 """The SR task on the training engine: it learns, logs PSNR / SSIM, resumes exactly, reduces metrics over processes
 exactly, and stops on bad input with one-line reasons."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,8 +18,13 @@ from densezoo.engine.checkpoint import load_checkpoint
 from densezoo.tasks.sr import CharbonnierLoss, SRTask, build_sr_loss
 from densezoo.metrics.sr import psnr
 from tests.sr_standin import make_sr_images, sr_config
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train_tool():
+    return load_tool('train')
 
 
 @pytest.fixture(scope='module')
@@ -179,13 +183,6 @@ def test_bad_sr_data_is_a_one_line_error_before_the_run_folder_exists(tmp_path, 
     with pytest.raises(DataError, match=message):
         train(config_from_dict(values), run_dir=tmp_path / 'run', progress=False)
     assert not (tmp_path / 'run').exists()
-
-
-def _train_tool():
-    spec = importlib.util.spec_from_file_location('train_tool', ROOT / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_train_tool_prints_the_comparison_and_one_line_errors(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """tools/eval_sr.py and densezoo.tasks.sr_eval: benchmark folders, weights files and training runs, the options,
 the table / JSON / PNG outputs, and one-line errors."""
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -17,15 +16,11 @@ from densezoo.engine.checkpoint import save_weights
 from densezoo.tasks.sr_eval import evaluate_benchmark, load_sr_model, sr_forward
 from densezoo.metrics.sr import psnr, ssim
 from tests.sr_standin import StandInSR, make_sr_images, smooth_image, sr_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('eval_sr_tool', ROOT / 'tools' / 'eval_sr.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('eval_sr')
 
 
 @pytest.fixture(scope='module')

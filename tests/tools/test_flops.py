@@ -1,5 +1,4 @@
 """tools/flops.py and densezoo.profile.flops: both counters see attention, in-place fusions and weighted sums."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,6 +13,7 @@ from torch import nn
 
 from densezoo.layers.connections import StageConnection
 from densezoo.profile.flops import count, format_table
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SWIN = 'swin_tiny_patch4_window7_224'
@@ -22,10 +22,7 @@ STAGES = [(56 * 56, 96, 2), (28 * 28, 192, 2), (14 * 14, 384, 6), (7 * 7, 768, 2
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location('flops_tool', ROOT / 'tools' / 'flops.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('flops')
 
 
 class _AttentionThenAddmm(nn.Module):

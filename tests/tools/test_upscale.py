@@ -1,6 +1,5 @@
 """tools/upscale.py and densezoo.upscale: images keep their channels and bit depth, the output is the model's,
 tiles come from a memory budget, and bad input is one line before any compute."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +13,14 @@ from densezoo.hub.export import export_official
 from densezoo.profile.memory import TensorMemoryTracker
 from densezoo.tasks.sr_inference import self_ensemble, tiled_forward
 from densezoo.tasks.upscale import UpscaleError, pick_tile
-from tests.helpers import one_line
+from tests.helpers import load_tool, one_line
 from tests.models.reduced import reduced_model
 
-ROOT = Path(__file__).resolve().parents[2]
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('upscale_tool', ROOT / 'tools' / 'upscale.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('upscale')
 
 
 @pytest.fixture(scope='module')

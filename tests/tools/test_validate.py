@@ -2,7 +2,6 @@
 transform and a run's logged validation; segmentation numbers equal densezoo's metrics computed directly and a
 run's logged validation; one-line errors before any compute; JSON output."""
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from densezoo.metrics.segmentation import confusion_matrix, segmentation_scores
 from densezoo.tasks.segmentation import slide_inference
 from densezoo.tasks.validate import model_source, prepare_classification, run_classification, validate
 from tests.engine.conftest import TINY_MODEL, make_dataset, tiny_config
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = TINY_MODEL['name']
@@ -37,10 +37,7 @@ CLASSES = [f'c{i}' for i in range(7)]  # more than five: top-5 is not 100% by co
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('validate_tool', ROOT / 'tools' / 'validate.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('validate')
 
 
 def _records(run: Path, step: int) -> dict:
