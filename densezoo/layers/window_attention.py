@@ -22,8 +22,8 @@ from densezoo.layers.fast_path import (flash_attention_cpu, is_tracing, onednn_l
                                       use_fast_path)
 
 __all__ = ['shifted_window_mask', 'relative_position_index', 'window_partition', 'window_merge', 'window_layout',
-           'to_window_order', 'from_window_order', 'window_attention', 'gather_position_bias', 'fast_linear',
-           'WindowAttention', 'LeanMlp', 'SwinIRBlock', 'MASK_VALUE']
+           'to_window_order', 'from_window_order', 'window_attention', 'merge_heads', 'gather_position_bias',
+           'fast_linear', 'WindowAttention', 'LeanMlp', 'SwinIRBlock', 'MASK_VALUE']
 
 #: Additive attention score between tokens of different shifted regions (the official value, not -inf).
 MASK_VALUE = -100.0
@@ -177,6 +177,45 @@ def _layout_tensors(height: int, width: int, window_size: int, shift_size: int, 
                         None if mask is None else torch.as_tensor(mask, device=device), unmasked, groups)
 
 
+def _symbolic_layout(height, width, window_size: int, shift_size: int, device: torch.device,
+                     windowed: bool) -> WindowLayout:
+    """The layout of a grid whose size is symbolic (``torch.export`` with a dynamic height or width), made of
+    tensor operations on the size: the windows stay in row-major order (``unmasked`` is 0) and ``mask`` covers
+    every window."""
+    ws = window_size
+    if windowed and not shift_size:
+        return WindowLayout(None, None, None, (height // ws) * (width // ws))
+    rows = torch.arange(height, device=device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=device)[None, :].expand(height, width)
+
+    def windows(grid: torch.Tensor) -> torch.Tensor:  # (H, W) -> (H·W,), window_partition's order
+        return grid.reshape(height // ws, ws, width // ws, ws).permute(0, 2, 1, 3).reshape(-1)
+
+    def in_window_order(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # where cell (r, c) sits in it
+        return ((r // ws) * (width // ws) + c // ws) * (ws * ws) + (r % ws) * ws + c % ws
+
+    def source(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # where the tokens come from
+        return in_window_order(r, c) if windowed else r * width + c
+
+    def wrap(index: torch.Tensor, size) -> torch.Tensor:  # index % size for index in [-size, 2·size), without
+        # a modulo by a symbolic size (ONNX export takes none)
+        return torch.where(index >= size, index - size, torch.where(index < 0, index + size, index))
+
+    # window position t of the shifted grid, cell (R, C), holds the token of cell ((R + s) % H, (C + s) % W)
+    shifted_rows, shifted_cols = windows(rows), windows(cols)
+    order = source(wrap(shifted_rows + shift_size, height), wrap(shifted_cols + shift_size, width))
+    token_rows, token_cols = (shifted_rows, shifted_cols) if windowed else (rows.reshape(-1), cols.reshape(-1))
+    inverse = in_window_order(wrap(token_rows - shift_size, height), wrap(token_cols - shift_size, width))
+    mask = None
+    if shift_size:  # region labels of the shifted grid, as _mask_array makes them
+        labels = 3 * ((rows >= height - ws).long() + (rows >= height - shift_size).long()) \
+            + (cols >= width - ws).long() + (cols >= width - shift_size).long()
+        labels = windows(labels).view(-1, ws * ws)
+        differs = labels[:, None, :] != labels[:, :, None]
+        mask = torch.where(differs, torch.tensor(MASK_VALUE, device=device), torch.tensor(0., device=device))
+    return WindowLayout(order, inverse, mask, 0)
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_window_layout(height: int, width: int, window_size: int, shift_size: int, device: torch.device,
                           windowed: bool, regions: bool) -> WindowLayout:
@@ -196,6 +235,8 @@ def window_layout(height: int, width: int, window_size: int, shift_size: int = 0
     records the tensors as constants); do not modify the returned tensors.
     """
     device = torch.device(device or 'cpu')
+    if not (isinstance(height, int) and isinstance(width, int)):  # torch.export with dynamic sizes
+        return _symbolic_layout(height, width, window_size, shift_size, device, windowed)
     if is_tracing():
         return _layout_tensors(height, width, window_size, shift_size, device, windowed, regions)
     return _cached_window_layout(height, width, window_size, shift_size, device, windowed, regions)
@@ -326,6 +367,19 @@ def _fused_biased_attention(q, k, v, position_bias, mask, scale):
     return out.view(q.shape)
 
 
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """Attention output (B, nW, heads, N, d) → (B, nW, N, heads·d).
+
+    While a compiler or tracer records the model the heads are copied into place first, so that the recorded
+    program does not depend on the attention kernel's output layout (ONNX export replaces the kernel, and a view
+    recorded for the first layout would not fit the other).
+    """
+    x = x.transpose(2, 3)
+    if is_tracing():
+        x = x.clone(memory_format=torch.contiguous_format)
+    return x.flatten(3)
+
+
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_bias: torch.Tensor,
                      mask: Optional[torch.Tensor], scale: float, dropout_p: float = 0.,
                      unmasked: int = 0) -> torch.Tensor:
@@ -435,7 +489,7 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         x = window_attention(q, k, v, self.position_bias(), mask, self.scale, unmasked=unmasked,
                              dropout_p=self.attn_drop if self.training else 0.)
-        x = x.transpose(2, 3).reshape(batch, windows, tokens, -1)
+        x = merge_heads(x)
         return self.proj_drop(fast_linear(x, self.proj.weight, self.proj.bias))
 
     def forward_regions(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
