@@ -14,6 +14,9 @@ import logging
 import sys
 import warnings
 
+import timm
+import torch
+
 import densezoo  # noqa: F401  (registers densezoo's models)
 from densezoo.hub.export import OFFICIAL_LAYOUTS, export_official, export_timm_dir, open_model
 from densezoo.hub.runs import LoadError
@@ -34,7 +37,22 @@ def parse_args(argv=None):
     parser.add_argument('--no-ema', action='store_true', help="a densezoo run's model weights, not its EMA")
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model arguments')
     parser.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
+    parser.add_argument('--static', action='store_true',
+                        help='onnx / export: a program for one input size (the model\'s own) instead of any size')
     return parser.parse_args(argv)
+
+
+def _dynamic_size(model: str, kwargs: dict) -> dict:
+    """``kwargs`` with ``dynamic_img_size=True`` for a registered backbone that takes it (Swin, ViT, LookupViT build
+    their position tables for one size otherwise); run folders and weights files keep their own arguments."""
+    if 'dynamic_img_size' in kwargs or not timm.models.is_model(model.split('.')[0]):
+        return kwargs
+    try:
+        with torch.device('meta'):
+            timm.create_model(model, dynamic_img_size=True, **kwargs)
+    except (TypeError, ValueError):
+        return kwargs
+    return {**kwargs, 'dynamic_img_size': True}
 
 
 def main(argv=None) -> int:
@@ -42,18 +60,20 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     warnings.filterwarnings('ignore', category=FutureWarning)
     try:
-        opened = open_model(args.model, args.checkpoint, args.pretrained, parse_model_kwargs(args.model_kwargs),
-                            ema=not args.no_ema)
+        kwargs = parse_model_kwargs(args.model_kwargs)
+        if args.format in ('onnx', 'export') and not args.static:
+            kwargs = _dynamic_size(args.model, kwargs)
+        opened = open_model(args.model, args.checkpoint, args.pretrained, kwargs, ema=not args.no_ema)
         if args.format == 'official':
             path = export_official(opened.model, args.out, args.layout)
         elif args.format == 'timm-dir':
             path = export_timm_dir(opened.model, args.out, opened.model_args)
         elif args.format == 'onnx':
             from densezoo.hub.program import export_onnx
-            path = export_onnx(opened.model, args.out, opset=args.opset)
+            path = export_onnx(opened.model, args.out, opset=args.opset, dynamic=not args.static)
         else:
             from densezoo.hub.program import export_program
-            path = export_program(opened.model, args.out)
+            path = export_program(opened.model, args.out, dynamic=not args.static)
     except (LoadError, ValueError, RuntimeError, OSError) as err:
         print(f'error: {" ".join(str(err).split())}', file=sys.stderr)
         return 2

@@ -15,9 +15,9 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
-from densezoo.checkpoint_io import WeightsFileError, check_weights_file, load_weights_file
+from densezoo.checkpoint_io import WeightsFileError, load_weights_file
 from densezoo.hub.detect import registered_family
-from densezoo.hub.load import load_sr_state
+from densezoo.hub.load import create_with_weights, load_sr_state, training_weights
 from densezoo.hub.runs import LoadError, find_weights, mismatch, run_model, verified
 from densezoo.models import rcan
 from densezoo.models._sr import official_state_dict as window_official_state_dict
@@ -156,14 +156,13 @@ def open_model(model: Union[str, Path], checkpoint: Optional[Union[str, Path]] =
         _load(built, state, str(weights.path))
         return OpenedModel(built.eval(), text, kwargs, str(weights.path))
     try:
-        check_weights_file(weights.path)
-        built = timm.create_model(text, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights.path)),
-                                  **model_args)
+        state = training_weights(load_weights_file(weights.path), ema)
+        built = create_with_weights(text, state, model_args)
     except WeightsFileError as err:
         raise LoadError(str(err)) from None
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, TypeError) as err:
         raise LoadError(f'the weights in {str(weights.path)!r} do not fit {text} '
-                        f'({str(err).splitlines()[0]}); check the model name and --model-kwargs') from None
+                        f'({mismatch(err)}); check the model name and --model-kwargs') from None
     return OpenedModel(built.eval(), text, model_args, str(weights.path))
 
 

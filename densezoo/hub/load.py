@@ -6,7 +6,7 @@ strictly, and ``model.detected`` (a ``DetectedSR``) says what was found.
 """
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import timm
 import torch
@@ -18,7 +18,8 @@ from densezoo.hub.runs import LoadError, find_weights, mismatch, run_model, veri
 from densezoo.models import rcan
 from densezoo.models._sr import checkpoint_filter_fn
 
-__all__ = ['load_sr', 'load_sr_state']
+__all__ = ['load_sr', 'load_sr_state', 'training_weights', 'classifier_classes', 'pretrained_classes',
+           'create_with_weights']
 
 _logger = logging.getLogger(__name__)
 
@@ -96,3 +97,70 @@ def load_sr(source: Union[str, Path, Mapping[str, Any]], ema: bool = True,
             raise LoadError(str(err)) from None
     _logger.info('%s', model.detected)
     return model.to(device) if device is not None else model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# any registered model with a weights file
+
+def training_weights(checkpoint: Any, ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The model weights of a loaded weights file: of a timm or BasicSR training checkpoint its EMA weights with
+    ``ema`` (``state_dict_ema``, ``model_ema``, ``params_ema``), else ``state_dict``, ``model`` or ``params``;
+    without DataParallel's ``module.``."""
+    if isinstance(checkpoint, Mapping):
+        for key in (('state_dict_ema', 'model_ema', 'params_ema') if ema else ()) + ('state_dict', 'model', 'params'):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise LoadError('the weights file holds no state dict (a mapping of names to tensors)')
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in checkpoint.items()}
+
+
+def classifier_classes(name: str, kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """The number of classes the classifier weights in ``state`` give (found by the model's own classifier)."""
+    try:
+        with torch.device('meta'):
+            probe = timm.create_model(name, **kwargs)
+        head = probe.get_classifier()
+    except Exception:  # the real build reports it
+        return None
+    for module_name, module in probe.named_modules():
+        if module is head and isinstance(getattr(module, 'weight', None), torch.Tensor):
+            weight = state.get(f'{module_name}.weight')
+            return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+    return None
+
+
+def pretrained_classes(name: str) -> Tuple[int, int]:
+    """The number of classes of the pretrained cfg of ``name`` (a tag picks one), and its label offset."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, KeyError, ValueError):
+        cfg = None
+    return getattr(cfg, 'num_classes', None) or 1000, getattr(cfg, 'label_offset', None) or 0
+
+
+def create_with_weights(name: str, state: Mapping[str, torch.Tensor], kwargs: Optional[Mapping[str, Any]] = None,
+                        filtered: bool = True) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with the weights ``state``, in eval mode.
+
+    ``filtered``: through the model's checkpoint filter (official layouts), as timm loads pretrained weights; else
+    the model's own state dict (densezoo checkpoints), loaded strictly. A classifier with another number of classes
+    than the registered default (a fine-tuned checkpoint) sets ``num_classes`` unless ``kwargs`` gives it: timm
+    would otherwise drop the trained classifier without a word. Errors are ``TypeError`` (an argument the model
+    does not take) and ``RuntimeError`` / ``ValueError`` (weights that do not fit), as timm raises them.
+    """
+    kwargs = dict(kwargs or {})
+    default, offset = pretrained_classes(name)
+    found = classifier_classes(name, kwargs, state)
+    if 'num_classes' not in kwargs and found is not None and found not in (default, default + offset):
+        kwargs['num_classes'] = found
+    if not filtered:
+        model = timm.create_model(name, **kwargs)
+        model.load_state_dict(state)
+        return model.eval()
+    model = timm.create_model(name, pretrained=True, **kwargs, pretrained_cfg_overlay=dict(
+        state_dict=dict(state), num_classes=kwargs.get('num_classes', default)))
+    if isinstance(getattr(model, 'pretrained_cfg', None), dict):
+        model.pretrained_cfg.pop('state_dict', None)  # holds every tensor a second time
+    return model.eval()

@@ -28,6 +28,7 @@ from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
 from densezoo.datasets.check import check_segmentation
 from densezoo.datasets.segmentation import SegmentationDataset, build_seg_pipeline, collate_segmentation
 from densezoo.heads.segmentor import create_segmentor, load_segmentor_state
+from densezoo.hub.load import create_with_weights, pretrained_classes, training_weights
 from densezoo.hub.runs import LoadError, find_weights, verified
 from densezoo.metrics.segmentation import confusion_matrix, segmentation_scores
 from densezoo.registry import check_model_names
@@ -150,47 +151,9 @@ def _first_lines(err: Exception, count: int = 2) -> str:
     return ' '.join(lines[:count])
 
 
-def _state_dict(checkpoint: Any, ema: bool) -> Dict[str, torch.Tensor]:
-    """The model weights of a loaded weights file: timm's choice among training-checkpoint entries (EMA first with
-    ``ema``, then 'state_dict', then 'model'), without DataParallel's 'module.' prefixes."""
-    if isinstance(checkpoint, dict):
-        keys = (('state_dict_ema', 'model_ema') if ema else ()) + ('state_dict', 'model')
-        for key in keys:
-            if isinstance(checkpoint.get(key), dict):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValidateError('the weights file holds no state dict (a mapping of names to tensors)')
-    return {(k[7:] if k.startswith('module.') else k): v for k, v in checkpoint.items()}
-
-
 def _load_error(source: ModelSource, err: Exception) -> ValidateError:
     return ValidateError(f'the weights in {str(source.weights)!r} do not fit {source.name} ({_first_lines(err)}); '
                          f'check --model-kwargs')
-
-
-def _classifier_outputs(name: str, kwargs: Dict[str, Any], state: Dict[str, torch.Tensor]) -> Optional[int]:
-    """The number of classes the classifier weights in ``state`` give (read by the model's own classifier name)."""
-    try:
-        with torch.device('meta'):
-            probe = timm.create_model(name, **kwargs)
-        head = probe.get_classifier()
-    except Exception:  # the real build reports it
-        return None
-    for module_name, module in probe.named_modules():
-        if module is head and isinstance(getattr(module, 'weight', None), torch.Tensor):
-            weight = state.get(f'{module_name}.weight')
-            return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
-    return None
-
-
-def _pretrained_classes(name: str) -> Tuple[int, int]:
-    """The number of classes of the pretrained cfg of ``name`` (a tag picks one), and its label offset."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except (RuntimeError, KeyError, ValueError):
-        cfg = None
-    return getattr(cfg, 'num_classes', None) or 1000, getattr(cfg, 'label_offset', None) or 0
 
 
 def _create(source: ModelSource, **kwargs) -> nn.Module:
@@ -203,7 +166,7 @@ def _create(source: ModelSource, **kwargs) -> nn.Module:
 def load_classifier(source: ModelSource) -> nn.Module:
     """The classification model of ``source`` with its weights, in eval mode."""
     kwargs = dict(source.kwargs)
-    default_classes, offset = _pretrained_classes(source.name)
+    default_classes, offset = pretrained_classes(source.name)
     if source.weights is None:
         if kwargs.get('num_classes', default_classes) != default_classes:
             raise ValidateError(f'--pretrained weights of {source.name} have {default_classes} classes; with '
@@ -214,21 +177,15 @@ def load_classifier(source: ModelSource) -> nn.Module:
             raise ValidateError(f'timm cannot load the pretrained weights of {source.name} '
                                 f'({_first_lines(err, 1)})') from None
         return model.eval()
-    state = _state_dict(load_weights_file(source.weights), source.ema)
-    found = _classifier_outputs(source.name, kwargs, state)
-    if 'num_classes' not in kwargs and found is not None and found not in (default_classes, default_classes + offset):
-        kwargs['num_classes'] = found  # a fine-tuned checkpoint: its classifier says how many classes
     try:
-        if source.densezoo:  # the model's own state dict, as training saved it
-            model = _create(source, **kwargs)
-            model.load_state_dict(state)
-        else:  # through the model's checkpoint filter (official layouts), as timm loads pretrained weights
-            classes = kwargs.get('num_classes', default_classes)
-            model = _create(source, pretrained=True, **kwargs,
-                            pretrained_cfg_overlay=dict(state_dict=state, num_classes=classes))
-            if isinstance(getattr(model, 'pretrained_cfg', None), dict):
-                model.pretrained_cfg.pop('state_dict', None)  # holds every tensor a second time
-    except (RuntimeError, KeyError, AssertionError) as err:  # keys or shapes that do not fit
+        state = training_weights(load_weights_file(source.weights), source.ema)
+    except LoadError as err:
+        raise ValidateError(str(err)) from None
+    try:  # a densezoo checkpoint is the model's own state dict; others go through its checkpoint filter
+        model = create_with_weights(source.name, state, kwargs, filtered=not source.densezoo)
+    except TypeError as err:  # an argument the model does not take
+        raise ValidateError(f'{source.name}: {" ".join(str(err).split())}; check --model-kwargs') from None
+    except (RuntimeError, KeyError, AssertionError, ValueError) as err:  # keys or shapes that do not fit
         raise _load_error(source, err) from None
     return model.eval()
 
@@ -243,7 +200,10 @@ def load_segmentor(source: ModelSource, head: str = 'upernet', num_classes: Opti
     for key in ('state_dict', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = _state_dict(state, source.ema)
+    try:
+        state = training_weights(state, source.ema)
+    except LoadError as err:
+        raise ValidateError(str(err)) from None
     if source.config is not None:
         model_cfg = source.config.model
         head, head_kwargs, out_indices = model_cfg.head, model_cfg.head_kwargs, model_cfg.out_indices
@@ -371,7 +331,7 @@ def prepare_classification(source: ModelSource, data=None, batch_size: Optional[
                                 f'{"" if source.config else " (or give --class-map)"}')
 
     if source.weights is None:  # timm's weights: checked before they are downloaded
-        check_classes(source.kwargs.get('num_classes', _pretrained_classes(source.name)[0]))
+        check_classes(source.kwargs.get('num_classes', pretrained_classes(source.name)[0]))
     model = load_classifier(source)
     check_classes(getattr(model, 'num_classes', None))
     if img_size is None and source.config is None and isinstance(source.kwargs.get('img_size'), int):

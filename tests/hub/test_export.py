@@ -180,3 +180,32 @@ def test_open_model_refuses_a_checkpoint_it_cannot_read(tmp_path):
     with pytest.raises(LoadError) as error:
         open_model(path)
     assert str(path) in one_line(error)
+
+
+def test_tool_writes_onnx_and_programs_for_any_size(sr_run, tmp_path, capsys):
+    """A run folder to ONNX (checked in ONNX Runtime at two sizes) and a registered backbone with a weights file
+    to a torch.export program (built with ``dynamic_img_size=True`` by the tool)."""
+    onnxruntime = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnxscript')
+    assert _tool().main([str(sr_run), '--format', 'onnx', '--out', str(tmp_path / 'sr.onnx')]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / 'sr.onnx'), providers=['CPUExecutionProvider'])
+    reference = densezoo.load_sr(sr_run)
+    for size in ((12, 16), (21, 10)):
+        x = torch.rand(1, 3, *size)
+        out = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])
+        with torch.no_grad():
+            assert out.shape == (1, 3, 2 * size[0], 2 * size[1])
+            assert (out - reference(x)).abs().max() <= 1e-4
+    args = dict(reduced_args('vit_small_patch16_224_dwa')[1], num_classes=7)
+    model = reduced_model('vit_small_patch16_224_dwa', **args).eval()
+    torch.save(model.state_dict(), tmp_path / 'vit.pth')
+    kwargs = [f'{key}={value}' for key, value in args.items()]
+    assert _tool().main(['vit_small_patch16_224_dwa', '--checkpoint', str(tmp_path / 'vit.pth'), '--format',
+                         'export', '--out', str(tmp_path / 'vit.pt2'), '--model-kwargs', *kwargs]) == 0
+    program = torch.export.load(str(tmp_path / 'vit.pt2')).module()
+    dynamic = timm.create_model('vit_small_patch16_224_dwa', dynamic_img_size=True, **args).eval()
+    dynamic.load_state_dict(model.state_dict())  # the same weights, position embedding resized per input
+    for size in ((32, 32), (48, 24)):
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), dynamic(x), rtol=0, atol=1e-5)
