@@ -29,6 +29,8 @@ from densezoo.tasks.sr_inference import half_precision
 
 __all__ = ['upscale', 'upscale_pixels', 'find_images', 'pick_tile', 'memory_budget', 'UpscaleError', 'DTYPES']
 
+#: the tile's predicted peak memory times this must fit the budget
+MEMORY_MARGIN = 1.25
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 #: ITU-R BT.601 luma weights (PIL's 'L'): a colour model's output for a grey image, back to grey
@@ -98,13 +100,15 @@ def pick_tile(model: nn.Module, height: int, width: int, budget: int, overlap: i
     bytes, or None when the whole image fits.
 
     The peak memory of one forward pass is measured at two small sizes and taken as linear in the pixel count
-    (window attention and convolutions are); tiles are then chosen on that line.
+    (window attention and convolutions are); tiles are then chosen on that line, within ``budget / MEMORY_MARGIN``
+    (kernels' scratch memory, which depends on the thread count, is not quite linear).
     """
     multiple = max(getattr(model, 'pad_multiple', 1), 1)
     small = multiple * max(1, -(-16 // multiple))
     large = 2 * small
     device = torch.device(device)
     first, second = (_peak_bytes(model, side, dtype, device) for side in (small, large))
+    budget = budget / MEMORY_MARGIN
     per_pixel = max((second - first) / (large * large - small * small), 1e-9)
     fixed = max(first - per_pixel * small * small, 0)
     if fixed + per_pixel * height * width <= budget:
@@ -112,8 +116,9 @@ def pick_tile(model: nn.Module, height: int, width: int, budget: int, overlap: i
     side = int(((budget - fixed) / per_pixel) ** 0.5) if budget > fixed else 0
     side -= side % multiple
     if side <= overlap:
-        need = (fixed + per_pixel * (overlap + multiple) ** 2) / 2 ** 20
-        raise UpscaleError(f'a memory budget of {budget / 2 ** 20:.0f} MiB leaves tiles of {max(side, 0)} pixels, '
+        need = MEMORY_MARGIN * (fixed + per_pixel * (overlap + multiple) ** 2) / 2 ** 20
+        raise UpscaleError(f'a memory budget of {MEMORY_MARGIN * budget / 2 ** 20:.0f} MiB leaves tiles of '
+                           f'{max(side, 0)} pixels, '
                            f'no larger than the tile overlap {overlap}; give at least {need:.0f} MiB, a smaller '
                            f'--tile-overlap, or --tile N')
     return side
