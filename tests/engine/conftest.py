@@ -1,5 +1,6 @@
 """A tiny learnable image-folder dataset and a tiny training config for the engine tests, and the checks of
 interrupted runs: waiting for a run to log its steps, comparing weights, the steps a log holds."""
+import copy
 import json
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def tiny_config(root: Path, output: Path, **overrides) -> dict:
     """Plain config values for a few fast steps on ``make_dataset``'s data."""
     config = dict(
         task='classification', name='tiny', output=str(output), seed=0, epochs=2, log_every=1,
-        model=dict(TINY_MODEL),
+        model=copy.deepcopy(TINY_MODEL),  # callers change the nested kwargs: never TINY_MODEL's own
         data=dict(root=str(root), img_size=16, batch_size=6, workers=0, hflip=0.0, color_jitter=0.0,
                   scale=[0.8, 1.0], crop_pct=1.0, label_smoothing=0.0),
         optim=dict(name='adamw', lr=3e-3, weight_decay=0.01),
