@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import timm
 import torch
 
 from densezoo.models import drct, hat, rcan, rdn, swinir
@@ -335,10 +336,10 @@ def describe(family: str, args: Dict[str, Any], name: str, layout: str, connecti
 
 
 def registered_family(name: str) -> Optional[str]:
-    """The SR family of registered model ``name`` (None for a model of another task)."""
+    """The SR family of registered model ``name`` (None for a model of another task): the family whose
+    configurations hold the architecture its entrypoint builds."""
     base = name.split('.')[0]
-    for family, configs in FAMILY_CONFIGS.items():
-        for arch in configs:
-            if base == arch or base.startswith(arch + '_') and base[len(arch) + 1:] in ('dwa', 'mudd'):
-                return family
-    return None
+    if not timm.models.is_model(base):
+        return None
+    arch = getattr(timm.models.model_entrypoint(base), 'arch', None)
+    return next((family for family, configs in FAMILY_CONFIGS.items() if arch in configs), None)

@@ -16,7 +16,6 @@ from timm.models import save_for_hf
 from torch import nn
 
 from densezoo.checkpoint_io import WeightsFileError, load_weights_file
-from densezoo.hub.detect import registered_family
 from densezoo.hub.load import create_with_weights, load_sr_state, training_weights
 from densezoo.hub.runs import LoadError, find_weights, mismatch, run_model, verified
 from densezoo.models import rcan
@@ -112,16 +111,7 @@ def open_model(model: Union[str, Path], checkpoint: Optional[Union[str, Path]] =
     if Path(text).exists() and checkpoint is None:
         weights = verified(find_weights(text, ema))
         if weights.densezoo:
-            _refuse_segmentation(weights.config, text)
-            state = load_weights_file(weights.path)
-            name, kwargs = run_model(weights.config, state)
-            if name is None:
-                raise LoadError(f'{text!r} is a densezoo checkpoint without its run\'s config.yaml; give the model '
-                                f'name and --checkpoint {text}')
-            kwargs.update(model_args)
-            built = _create(name, kwargs)
-            _load(built, state, str(weights.path))
-            return OpenedModel(built.eval(), name, kwargs, str(weights.path))
+            return _densezoo_checkpoint(weights, text, None, model_args)
         try:
             loaded = load_sr_state(load_weights_file(weights.path), repr(text))
         except WeightsFileError as err:
@@ -146,15 +136,7 @@ def open_model(model: Union[str, Path], checkpoint: Optional[Union[str, Path]] =
                             f'download them and give --checkpoint FILE') from None
     weights = verified(find_weights(checkpoint, ema))
     if weights.densezoo:
-        _refuse_segmentation(weights.config, str(checkpoint))
-        state = load_weights_file(weights.path)
-        trained, kwargs = run_model(weights.config, state)
-        if trained and trained != text:
-            raise LoadError(f'checkpoint {str(checkpoint)!r} was trained as {trained!r}, not {text!r}')
-        kwargs.update(model_args)
-        built = _create(text, kwargs)
-        _load(built, state, str(weights.path))
-        return OpenedModel(built.eval(), text, kwargs, str(weights.path))
+        return _densezoo_checkpoint(weights, str(checkpoint), text, model_args)
     try:
         state = training_weights(load_weights_file(weights.path), ema)
         built = create_with_weights(text, state, model_args)
@@ -164,6 +146,24 @@ def open_model(model: Union[str, Path], checkpoint: Optional[Union[str, Path]] =
         raise LoadError(f'the weights in {str(weights.path)!r} do not fit {text} '
                         f'({mismatch(err)}); check the model name and --model-kwargs') from None
     return OpenedModel(built.eval(), text, model_args, str(weights.path))
+
+
+def _densezoo_checkpoint(weights, source: str, name: Optional[str], model_args: Mapping[str, Any]) -> OpenedModel:
+    """The model of a densezoo run or checkpoint folder (``name``: the model it must be, when the caller named
+    one), built with the run's arguments and ``model_args`` over them, its state dict loaded strictly."""
+    _refuse_segmentation(weights.config, source)
+    state = load_weights_file(weights.path)
+    trained, kwargs = run_model(weights.config, state)
+    if name is None and trained is None:
+        raise LoadError(f'{source!r} is a densezoo checkpoint without its run\'s config.yaml; give the model name '
+                        f'and --checkpoint {source}')
+    if name is not None and trained and trained != name:
+        raise LoadError(f'checkpoint {source!r} was trained as {trained!r}, not {name!r}')
+    name = name or trained
+    kwargs.update(model_args)
+    built = _create(name, kwargs)
+    _load(built, state, str(weights.path))
+    return OpenedModel(built.eval(), name, kwargs, str(weights.path))
 
 
 def _refuse_segmentation(config: Optional[Mapping[str, Any]], source: str) -> None:
@@ -185,8 +185,3 @@ def _load(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> N
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise LoadError(f'the weights in {source!r} do not fit {type(model).__name__}: {mismatch(err)}') from None
-
-
-def is_sr_model(name: str) -> bool:
-    """Whether registered model ``name`` is a super-resolution model."""
-    return registered_family(name) is not None

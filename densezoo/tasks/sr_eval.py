@@ -58,7 +58,8 @@ class BenchmarkScore:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def _first_lines(err: Exception, count: int = 2) -> str:
+def first_lines(err: Exception, count: int = 2) -> str:
+    """The first ``count`` non-empty lines of an error's message, on one line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return ' '.join(lines[:count])
 
@@ -86,7 +87,7 @@ def load_sr_model(name: str, checkpoint, model_kwargs: Optional[Dict[str, Any]] 
         else:
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
     except RuntimeError as err:  # load_state_dict: keys or shapes that do not fit
-        raise EvalError(f'the weights in {str(weights)!r} do not fit {name} ({_first_lines(err)}); check '
+        raise EvalError(f'the weights in {str(weights)!r} do not fit {name} ({first_lines(err)}); check '
                         f'--model-kwargs') from None
     except TypeError as err:  # an argument the model does not take
         raise EvalError(f'{name}: {err}') from None

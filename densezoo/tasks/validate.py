@@ -35,6 +35,7 @@ from densezoo.registry import check_model_names
 from densezoo.tasks.base import TASKS
 from densezoo.tasks.classification import ClassificationTrainConfig, classification_scores, resolved_data_config
 from densezoo.tasks.segmentation import SegTrainConfig, segmentation_loss, slide_inference
+from densezoo.tasks.sr_eval import first_lines
 
 __all__ = ['ValidateError', 'ModelSource', 'model_source', 'ClassificationSetup', 'ClassificationResult',
            'prepare_classification', 'run_classification', 'SegmentationSetup', 'SegmentationResult',
@@ -146,13 +147,8 @@ def model_source(model: str, checkpoint=None, pretrained: bool = False, task: Op
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def _first_lines(err: Exception, count: int = 2) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return ' '.join(lines[:count])
-
-
 def _load_error(source: ModelSource, err: Exception) -> ValidateError:
-    return ValidateError(f'the weights in {str(source.weights)!r} do not fit {source.name} ({_first_lines(err)}); '
+    return ValidateError(f'the weights in {str(source.weights)!r} do not fit {source.name} ({first_lines(err)}); '
                          f'check --model-kwargs')
 
 
@@ -175,7 +171,7 @@ def load_classifier(source: ModelSource) -> nn.Module:
             model = _create(source, pretrained=True, **kwargs)
         except (RuntimeError, OSError) as err:  # no weights for the model, no network, ...
             raise ValidateError(f'timm cannot load the pretrained weights of {source.name} '
-                                f'({_first_lines(err, 1)})') from None
+                                f'({first_lines(err, 1)})') from None
         return model.eval()
     try:
         state = training_weights(load_weights_file(source.weights), source.ema)
@@ -230,7 +226,7 @@ def load_segmentor(source: ModelSource, head: str = 'upernet', num_classes: Opti
         load_segmentor_state(model, state)
     except RuntimeError as err:
         raise ValidateError(f'the weights in {str(source.weights)!r} do not fit {source.name} with head {head} '
-                            f'({_first_lines(err)}); check --head, --head-kwargs and --model-kwargs') from None
+                            f'({first_lines(err)}); check --head, --head-kwargs and --model-kwargs') from None
     return model.eval()
 
 
@@ -410,7 +406,7 @@ def _checked_forward(name: str, model: nn.Module, inputs: torch.Tensor, autocast
             model(inputs)
     except (RuntimeError, AssertionError, ValueError) as err:
         size = 'x'.join(map(str, inputs.shape[1:]))
-        raise ValidateError(f'{name} cannot take {size} inputs ({_first_lines(err, 1)}); check --img-size '
+        raise ValidateError(f'{name} cannot take {size} inputs ({first_lines(err, 1)}); check --img-size '
                             f'(or --crop-size) and --model-kwargs') from None
 
 
@@ -620,7 +616,7 @@ def run_segmentation(setup: SegmentationSetup, device='cpu', workers: int = 0,
                 except (RuntimeError, AssertionError) as err:
                     name = setup.dataset.name(count)
                     raise ValidateError(f'{setup.source.name} fails on image {name!r} '
-                                        f'({_first_lines(err, 1)}); check --crop-size and --model-kwargs') from None
+                                        f'({first_lines(err, 1)}); check --crop-size and --model-kwargs') from None
                 logits = F.interpolate(logits.float(), size=label.shape[-2:], mode='bilinear', align_corners=False)
                 loss += segmentation_loss(logits, label).item()
                 matrix += confusion_matrix(logits.argmax(1), label, classes)

@@ -188,11 +188,11 @@ def test_tool_writes_onnx_and_programs_for_any_size(sr_run, tmp_path, capsys):
     onnxruntime = pytest.importorskip('onnxruntime')
     pytest.importorskip('onnxscript')
     assert _tool().main([str(sr_run), '--format', 'onnx', '--out', str(tmp_path / 'sr.onnx')]) == 0
-    session = onnxruntime.InferenceSession(str(tmp_path / 'sr.onnx'), providers=['CPUExecutionProvider'])
+    runtime = onnxruntime.InferenceSession(str(tmp_path / 'sr.onnx'), providers=['CPUExecutionProvider'])
     reference = densezoo.load_sr(sr_run)
     for size in ((12, 16), (21, 10)):
         x = torch.rand(1, 3, *size)
-        out = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])
+        out = torch.from_numpy(runtime.run(None, {'input': x.numpy()})[0])
         with torch.no_grad():
             assert out.shape == (1, 3, 2 * size[0], 2 * size[1])
             assert (out - reference(x)).abs().max() <= 1e-4

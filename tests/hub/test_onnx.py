@@ -17,21 +17,21 @@ from tests.hub.export_cases import MODELS, SR_MODELS, build, eager, exported, im
 TOLERANCE = 1e-4
 
 
-def _session(path):
+def _runtime(path):
     return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
 
 @pytest.fixture(scope='module', params=MODELS)
-def session(request, tmp_path_factory):
-    """(name, model, ONNX Runtime session of its exported file) per model, once per module."""
+def onnx_model(request, tmp_path_factory):
+    """(name, model, ONNX Runtime inference of its exported file) per model, exported once for this file."""
     name = request.param
     model, program = exported(name)
     path = export_onnx(program, tmp_path_factory.mktemp('onnx') / f'{name}.onnx')
-    return name, model, _session(path)
+    return name, model, _runtime(path)
 
 
-def test_onnx_matches_the_eager_model(session):
-    name, model, runtime = session
+def test_onnx_matches_the_eager_model(onnx_model):
+    name, model, runtime = onnx_model
     (graph_input,), (graph_output,) = runtime.get_inputs(), runtime.get_outputs()
     assert (graph_input.name, graph_output.name) == ('input', 'output')
     assert all(isinstance(dim, str) for dim in graph_input.shape[2:]), graph_input.shape  # dynamic H and W
@@ -52,14 +52,14 @@ def test_a_model_exports_directly_with_an_opset(tmp_path):
     path = export_onnx(model, tmp_path / 'sub' / 'rdn.onnx', opset=18)
     assert onnx.load(str(path)).opset_import[0].version == 18
     x = image(model, (7, 10))
-    out = torch.from_numpy(_session(path).run(None, {'input': x.numpy()})[0])
+    out = torch.from_numpy(_runtime(path).run(None, {'input': x.numpy()})[0])
     assert (out - eager(model, x)).abs().max() <= TOLERANCE
 
 
 def test_a_static_file_has_the_example_shape(tmp_path):
     model = build('rcan_x2')
     x = image(model, (12, 16)).repeat(2, 1, 1, 1)
-    runtime = _session(export_onnx(model, tmp_path / 'rcan.onnx', example=x, dynamic=False))
+    runtime = _runtime(export_onnx(model, tmp_path / 'rcan.onnx', example=x, dynamic=False))
     assert runtime.get_inputs()[0].shape == [2, 3, 12, 16]
     out = torch.from_numpy(runtime.run(None, {'input': x.numpy()})[0])
     assert (out - eager(model, x)).abs().max() <= TOLERANCE
