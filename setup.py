@@ -17,6 +17,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['densezoo', 'densezoo.*']),
+    package_data={'densezoo.metrics': ['niqe_pris_params.npz']},
     entry_points={'console_scripts': [
         'densezoo-train = densezoo.cli.train:main',
         'densezoo-eval-sr = densezoo.cli.eval_sr:main',
@@ -36,6 +37,7 @@ setup(
         'safetensors>=0.4',
         'pyyaml>=6.0',
         'numpy>=1.24',
+        'scipy>=1.10',
         'fvcore>=0.1.5.post20221221',
         'albumentations>=1.4',
         'opencv-python-headless>=4.9.0.80',  # 16-bit colour images (albumentations' own requirement)

@@ -17,8 +17,10 @@ ALLOWED = {
     'config': set(),
     'checkpoint_io': set(),
     'layers': set(),
-    'metrics': set(),
-    'datasets': set(),
+    'imresize': set(),
+    'metrics': {'checkpoint_io', 'imresize'},
+    'datasets': {'imresize'},
+    'losses': {'checkpoint_io'},
     'models': {'layers'},
     'registry': {'models'},
     'heads': {'checkpoint_io', 'layers', 'models'},
@@ -26,11 +28,11 @@ ALLOWED = {
     '__init__': {'layers', 'models', 'heads', 'hub', 'registry', 'version'},
     'profile': {'__init__', 'layers', 'models', 'registry'},
     'mm': {'__init__', 'checkpoint_io', 'layers', 'models', 'heads', 'registry'},
-    'tasks': {'checkpoint_io', 'config', 'datasets', 'distributed', 'heads', 'hub', 'layers', 'metrics', 'models',
-              'profile', 'registry'},
+    'tasks': {'checkpoint_io', 'config', 'datasets', 'distributed', 'heads', 'hub', 'layers', 'losses', 'metrics',
+              'models', 'profile', 'registry'},
     'engine': {'checkpoint_io', 'config', 'datasets', 'distributed', 'layers', 'metrics', 'models', 'registry',
                'tasks'},
-    'cli': {'__init__', 'config', 'datasets', 'engine', 'hub', 'profile', 'registry', 'tasks'},
+    'cli': {'__init__', 'config', 'datasets', 'engine', 'hub', 'metrics', 'profile', 'registry', 'tasks'},
 }
 
 

@@ -1,7 +1,7 @@
 """Datasets and transforms for training."""
 from densezoo.datasets.folder import (DataError, EpochSampler, ImageFolderDataset, list_classes, preserved_rng,
                                       seeded_rng)
-from densezoo.datasets.imresize import imresize
+from densezoo.imresize import imresize
 from densezoo.datasets.sr import SRPairedDataset, collate_pairs, degrade, load_image, pair_images
 from densezoo.datasets.transforms import build_transform
 

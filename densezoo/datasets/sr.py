@@ -1,7 +1,8 @@
 """Super-resolution (and restoration) datasets: HR / LR image pairs, or HR images degraded on the fly.
 
 ``SRPairedDataset`` yields ``(lr, hr)`` float32 tensors (C, h, w) and (C, h * scale, w * scale) in [0, 1], from
-paired HR / LR folders or from HR images degraded by bicubic downscaling, Gaussian noise or JPEG compression;
+paired HR / LR folders or from HR images degraded by bicubic downscaling, Gaussian noise, JPEG compression or a
+real-world pipeline (``bsrgan``, ``realesrgan``: ``densezoo.datasets.degradations``);
 ``pair_images``, ``load_image`` and ``degrade`` are its pieces. 16-bit images keep their depth (values / 65535;
 8-bit ones / 255), and each sample (``SRPair``) carries its HR image's depth, at which validation scores it.
 
@@ -18,18 +19,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
+from densezoo.datasets.degradations import DEGRADATION_PIPELINES
 from densezoo.datasets.folder import DataError, _is_image, read_image, seeded_rng, warn_skipped
-from densezoo.datasets.imresize import imresize
+from densezoo.imresize import imresize
 from densezoo.datasets.transforms import seed_albumentations
 
 __all__ = ['SRPairedDataset', 'SRPair', 'list_images', 'pair_images', 'load_image', 'load_image_bits',
            'tensor_to_image', 'degrade', 'collate_pairs', 'collate_pairs_and_bits', 'DEGRADATIONS',
            'SR_AUGMENTATIONS']
 
-DEGRADATIONS = ('bicubic', 'noise', 'jpeg')
+DEGRADATIONS = ('bicubic', 'noise', 'jpeg', *DEGRADATION_PIPELINES)
 #: albumentations transforms that keep LR and HR aligned (symmetries of the square)
 SR_AUGMENTATIONS = ('HorizontalFlip', 'VerticalFlip', 'Transpose', 'RandomRotate90', 'D4', 'SquareSymmetry')
 _MARGIN = 4  # LR pixels around a crop that bicubic downscaling of the crop needs (the kernel reaches 3)
+_REAL_WORLD_MARGIN = 32  # HR pixels around a crop degraded by a real-world pipeline: more than blur and resizing reach
 _Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr, for R, G, B in [0, 1]; Y in 16..235
 
 
@@ -211,9 +214,11 @@ class SRPairedDataset(Dataset):
         rot: Random vertical flips and transposes (default augmentation; with ``hflip`` all 8 symmetries).
         channels: 3 (RGB) or 1 (grey, see ``grey``).
         grey: 'L' (PIL's luma) or 'Y' (MATLAB's studio-range Y) for ``channels=1``.
-        degradation: 'bicubic', 'noise' or 'jpeg' (without ``lr_dir``).
+        degradation: 'bicubic', 'noise', 'jpeg', or a real-world pipeline: 'bsrgan' or 'realesrgan' (without
+            ``lr_dir``).
         noise_sigma: Standard deviation of the Gaussian noise, on the 0..255 scale.
         jpeg_quality: JPEG quality of the compressed input.
+        degradation_options: Settings of a real-world pipeline that differ from its published ones.
         corrupt: 'skip' or 'error' for images that cannot be read.
         seed: Base seed of the per-sample randomness.
         verify: Open every image once now.
@@ -235,6 +240,7 @@ class SRPairedDataset(Dataset):
             degradation: str = 'bicubic',
             noise_sigma: float = 25.0,
             jpeg_quality: int = 40,
+            degradation_options: Optional[Dict[str, Any]] = None,
             corrupt: str = 'skip',
             seed: int = 0,
             verify: bool = False,
@@ -248,8 +254,17 @@ class SRPairedDataset(Dataset):
             raise DataError(f"grey={grey!r} is not allowed; use 'L' or 'Y'")
         if degradation not in DEGRADATIONS:
             raise DataError(f'degradation={degradation!r} is not known; use one of {", ".join(DEGRADATIONS)}')
-        if degradation != 'bicubic' and scale != 1:
+        if degradation in ('noise', 'jpeg') and scale != 1:
             raise DataError(f'degradation={degradation!r} keeps the size: it needs scale 1, not {scale}')
+        self.real_world = None
+        if degradation in DEGRADATION_PIPELINES:
+            try:
+                self.real_world = DEGRADATION_PIPELINES[degradation](int(scale), **(degradation_options or {}))
+            except ValueError as err:
+                raise DataError(f'data.degradation_options: {err}') from None
+        elif degradation_options:
+            raise DataError(f'degradation_options are settings of the real-world pipelines '
+                            f'({", ".join(DEGRADATION_PIPELINES)}), not of degradation={degradation!r}')
         if lr_patch is not None and lr_patch < 1:
             raise DataError(f'lr_patch={lr_patch} must be a positive number of pixels')
         if repeat < 1:
@@ -341,6 +356,8 @@ class SRPairedDataset(Dataset):
                             f'smaller than lr_patch={self.lr_patch}; lower the patch size or remove the image')
 
     def _degrade(self, hr: np.ndarray, bits: int) -> np.ndarray:
+        if self.real_world is not None:  # its randomness from the sample's seeded torch RNG
+            return self.real_world(hr, np.random.default_rng(int(torch.randint(0, 2 ** 62, ()))))
         return degrade(hr, self.degradation, self.scale, self.noise_sigma, self.jpeg_quality, bits)
 
     def _training_pair(self, index: int, hr: np.ndarray, lr: Optional[np.ndarray], bits: int):
@@ -356,11 +373,13 @@ class SRPairedDataset(Dataset):
         hr_patch = hr[top * s:(top + p) * s, left * s:(left + p) * s]
         if lr is not None:
             lr_patch = lr[top:top + p, left:left + p]
-        elif self.degradation == 'bicubic' and s > 1:
-            # downscale the crop and a margin around it (clipped at the image border): the same LR pixels as
-            # downscaling the whole image, whose border is mirrored in the same place
-            y0, x0 = max(top - _MARGIN, 0), max(left - _MARGIN, 0)
-            y1, x1 = min(top + p + _MARGIN, lh), min(left + p + _MARGIN, lw)
+        elif self.degradation == 'bicubic' and s > 1 or self.real_world is not None:
+            # degrade the crop and a margin around it (clipped at the image border): for bicubic, the same LR
+            # pixels as downscaling the whole image, whose border is mirrored in the same place; for the real-world
+            # pipelines, blur and resizing see the image around the crop, as in a larger crop
+            margin = _MARGIN if self.real_world is None else -(-_REAL_WORLD_MARGIN // s)
+            y0, x0 = max(top - margin, 0), max(left - margin, 0)
+            y1, x1 = min(top + p + margin, lh), min(left + p + margin, lw)
             region = self._degrade(hr[y0 * s:y1 * s, x0 * s:x1 * s], bits)
             lr_patch = region[top - y0:top - y0 + p, left - x0:left - x0 + p]
         else:

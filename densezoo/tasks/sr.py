@@ -1,17 +1,17 @@
 """Super-resolution and image restoration (``task: sr``): SwinIR, HAT, DRCT, RCAN, RDN or any timm model that maps
 a low-resolution image in [0, 1] to the high-resolution one and has an ``upscale`` attribute.
 
-Data: ``<data.root>/<split>/<data.hr_dir>`` HR images (``HR``), with LR inputs in ``<data.lr_dir>`` (e.g.
-``LR_bicubic/X{scale}``) or made on the fly (``data.degradation``). Training uses aligned random crops of
-``data.lr_patch`` LR pixels with flips and transposes; validation whole images. Loss: L1 (default), Charbonnier
-(``sqrt(d^2 + eps^2)``, ``charbonnier_eps``) or MSE. Validation metrics: PSNR and SSIM on 8-bit values (16-bit ones
-for 16-bit HR images), on the Y channel with ``upscale`` pixels cropped from each border (the SR protocol; RGB and no
-crop for upscale 1), and the loss; means over images, summed exactly over processes. At the end of a run
-``comparison.png`` in the run folder shows a crop of the first validation image: bicubic | model output | HR.
+Data: ``<data.root>/<split>/<data.hr_dir>`` HR images, with LR inputs in ``<data.lr_dir>`` or made on the fly
+(``data.degradation``: bicubic, noise, jpeg, or the real-world ``bsrgan`` / ``realesrgan``); aligned random crops of
+``data.lr_patch`` LR pixels with flips and transposes for training, whole images for validation. Loss: L1 (default),
+Charbonnier or MSE, against the HR image or its unsharp-masked version (``sharpen: [pixel]``). Validation: PSNR and
+SSIM as the SR protocol scores them (8- or 16-bit values, Y channel, ``upscale`` border pixels cut), and the loss;
+means over images, summed exactly over processes. ``comparison.png`` in the run folder shows a crop of the first
+validation image at the end: bicubic | model output | HR. Details: docs/data.md, docs/real-sr.md.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image, ImageDraw
@@ -20,7 +20,8 @@ from torch import nn
 from densezoo.config import ConfigError, DataConfig, TrainConfig, require
 from densezoo.datasets import DataError, SRPairedDataset, imresize, pair_images
 from densezoo.datasets.check import check_sr_pairs
-from densezoo.datasets.sr import collate_pairs_and_bits, tensor_to_image
+from densezoo.datasets.degradations import DEGRADATION_PIPELINES, usm_sharp
+from densezoo.datasets.sr import DEGRADATIONS, collate_pairs_and_bits, tensor_to_image
 from densezoo.distributed import all_reduce_sums
 from densezoo.tasks.base import Task, register_task
 from densezoo.metrics.sr import psnr, ssim
@@ -36,7 +37,8 @@ class SRDataConfig(DataConfig):
     upscale: Optional[int] = None  # default: the model's `upscale`
     lr_patch: int = 48  # training crop, in LR pixels (HR crop: lr_patch * upscale)
     repeat: int = 1  # passes over the training images per epoch (few large images: many crops per epoch)
-    degradation: str = 'bicubic'  # 'bicubic' (MATLAB imresize), 'noise' or 'jpeg' (the last two for upscale 1)
+    degradation: str = 'bicubic'  # bicubic (MATLAB imresize), noise, jpeg (both upscale 1), bsrgan, realesrgan
+    degradation_options: Dict[str, Any] = field(default_factory=dict)  # bsrgan / realesrgan settings to change
     noise_sigma: float = 25.0  # Gaussian noise of degradation 'noise', on the 0..255 scale
     jpeg_quality: int = 40  # quality of degradation 'jpeg'
     rot90: bool = True  # random vertical flips and transposes (with hflip: all 8 symmetries)
@@ -51,6 +53,7 @@ class SRTrainConfig(TrainConfig):
     """A super-resolution run: the loss and the SR data section."""
     loss: Optional[str] = None  # 'l1' (default), 'charbonnier' or 'mse'
     charbonnier_eps: float = 1e-3
+    sharpen: List[str] = field(default_factory=list)  # losses whose target is sharpened by unsharp masking: pixel
     data: SRDataConfig = field(default_factory=SRDataConfig)
 
 
@@ -99,6 +102,7 @@ class SRTask(Task):
     main_metric = 'psnr'
     log_metrics = ('psnr', 'ssim')
     config_class = SRTrainConfig
+    sharpened = ('pixel',)  # the losses whose targets ``sharpen`` may name
 
     @classmethod
     def check_config(cls, config: SRTrainConfig) -> None:
@@ -106,8 +110,20 @@ class SRTask(Task):
         require(config.loss in (None, 'l1', 'charbonnier', 'mse'),
                 f"loss={config.loss!r} is not allowed; use l1, charbonnier or mse")
         require(config.charbonnier_eps > 0, f'charbonnier_eps={config.charbonnier_eps} must be positive')
-        require(data.degradation in ('bicubic', 'noise', 'jpeg'),
-                f"data.degradation={data.degradation!r} is not allowed; use bicubic, noise or jpeg")
+        bad = [str(name) for name in config.sharpen if name not in cls.sharpened]
+        require(not bad, f'sharpen={config.sharpen} names {", ".join(bad)}; task {cls.name} can sharpen the targets '
+                         f'of: {", ".join(cls.sharpened)}')
+        require(data.degradation in DEGRADATIONS,
+                f"data.degradation={data.degradation!r} is not allowed; use {', '.join(DEGRADATIONS)}")
+        if data.degradation in DEGRADATION_PIPELINES:
+            try:
+                DEGRADATION_PIPELINES[data.degradation](data.upscale or 4, **data.degradation_options)
+            except ValueError as err:
+                raise ConfigError(f'data.degradation_options: {err}') from None
+        else:
+            require(not data.degradation_options,
+                    f'data.degradation_options are settings of the real-world degradations '
+                    f'({", ".join(DEGRADATION_PIPELINES)}), not of data.degradation={data.degradation!r}')
         require(data.upscale is None or data.upscale >= 1, f'data.upscale={data.upscale} must be at least 1')
         require(data.lr_patch >= 1, f'data.lr_patch={data.lr_patch} must be at least 1')
         require(data.repeat >= 1, f'data.repeat={data.repeat} must be at least 1')
@@ -124,7 +140,7 @@ class SRTask(Task):
             except (KeyError, IndexError, ValueError):
                 raise ConfigError(f"data.lr_dir={data.lr_dir!r} is not allowed; its only placeholder is {{scale}} "
                                   f"(e.g. 'LR_bicubic/X{{scale}}')") from None
-        require(data.lr_dir is not None or data.degradation == 'bicubic' or data.upscale in (None, 1),
+        require(data.lr_dir is not None or data.degradation not in ('noise', 'jpeg') or data.upscale in (None, 1),
                 f'data.degradation={data.degradation!r} keeps the image size; it needs data.upscale 1, not '
                 f'{data.upscale}')
 
@@ -169,7 +185,8 @@ class SRTask(Task):
                 folder / data.hr_dir, lr_dir, scale=self.scale, lr_patch=data.lr_patch if training else None,
                 augment=data.albumentations or None, hflip=data.hflip, rot=data.rot90, channels=channels,
                 grey=data.grey, degradation=data.degradation, noise_sigma=data.noise_sigma,
-                jpeg_quality=data.jpeg_quality, corrupt=data.corrupt_images, seed=self.config.seed,
+                jpeg_quality=data.jpeg_quality, degradation_options=data.degradation_options,
+                corrupt=data.corrupt_images, seed=self.config.seed,
                 verify=data.verify_images, repeat=data.repeat if training else 1)
 
         train, val = make(self.train_folder, True), make(self.val_folder, False)
@@ -180,7 +197,8 @@ class SRTask(Task):
         return None if training else collate_pairs_and_bits  # whole validation images differ in size
 
     def training_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.criterion(model(inputs).float(), targets.float())
+        targets = targets.float()
+        return self.criterion(model(inputs).float(), usm_sharp(targets) if self.config.sharpen else targets)
 
     def _predict(self, model: nn.Module, lr: torch.Tensor, hr_shape, autocast) -> torch.Tensor:
         with autocast():

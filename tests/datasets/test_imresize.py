@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from densezoo.datasets.imresize import cubic_kernel, imresize, output_size, resize_weights
+from densezoo.imresize import cubic_kernel, imresize, output_size, resize_weights
 
 # Keys' kernel (a = -0.5) at the offsets that x2 resizing samples
 K = {0.25: 0.8671875, 0.75: 0.2265625, 1.25: -0.0703125, 1.75: -0.0234375}

@@ -123,7 +123,7 @@ def test_dataset_errors(tmp_path):
     ({'data.num_classes': None}, 'data.num_classes=None is not allowed; task seg needs the number of classes'),
     ({'model.head': 'psp'}, "model.head='psp' is not allowed; use upernet, fpn, segformer or dpt"),
     ({'data.ratio_range': [2.0, 1.0]}, r'data.ratio_range=\[2.0, 1.0\] must be two positive numbers'),
-    ({'loss': 'l1'}, "^unknown config key 'loss' for task seg; it is a key of task sr$"),
+    ({'loss': 'l1'}, "^unknown config key 'loss' for task seg; it is a key of tasks sr, sr_gan$"),
     ({'data.val_slide_stride': 8}, r'data.val_slide_stride=8 needs data.val_slide_window and must lie in \['),
     ({'data.val_slide_window': 0}, r'data.val_slide_window=0 must be at least 1'),
 ])

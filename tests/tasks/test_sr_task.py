@@ -150,13 +150,13 @@ def test_denoising_with_charbonnier_and_the_rgb_metric(tmp_path):
 
 @pytest.mark.parametrize('override, message', [
     ('loss=huber', r"^loss='huber' is not allowed; use l1, charbonnier or mse$"),
-    ('data.degradation=blur', r"^data.degradation='blur' is not allowed; use bicubic, noise or jpeg$"),
+    ('data.degradation=blur', r"^data.degradation='blur' is not allowed; use bicubic, noise, jpeg, realesrgan, bsrgan$"),
     ('sched.unit=iters', r"^sched.unit='iters' is not allowed; use 'epochs' or 'steps'$"),
     ('data.channels=2', r'^data.channels=2 is not allowed; use 3, 1 or null$'),
     ('data.lr_pach=3', r"^unknown config key 'data.lr_pach'; did you mean 'data.lr_patch'\?$"),
     ('epochs=null', r'^epochs is null and max_steps is not set; set one of them$'),
-    ('task=classification', r"^unknown config key 'data.lr_patch' for task classification; it is a key of task "
-                            r"sr$"),
+    ('task=classification', r"^unknown config key 'data.lr_patch' for task classification; it is a key of tasks "
+                            r"sr, sr_gan$"),
 ])
 def test_bad_sr_config_values_are_one_line_errors(tmp_path, override, message):
     from densezoo.engine.config import apply_overrides
