@@ -1,13 +1,13 @@
-"""Evaluate a super-resolution model on benchmark folders: PSNR / SSIM per image and their means.
+"""Evaluate a super-resolution model on benchmark folders: PSNR / SSIM per image and their means (8-bit values, Y
+channel, ``scale`` border pixels cut, as the SR literature reports them), optionally NIQE and LPIPS (weights from
+files). Folders hold HR/*.png and optionally LR_bicubic/X{scale}/*.png (else inputs are made from HR: bicubic, or
+seeded real-world degradations with ``--degradation realesrgan | bsrgan``).
 
-Each folder holds HR/*.png and optionally LR_bicubic/X{scale}/*.png (else the inputs are made from HR by
-MATLAB-compatible bicubic downscaling). Scores use 8-bit values on the Y channel with `scale` pixels cropped from
-each border, as the SR literature reports them.
-
-    python tools/eval_sr.py swinir_classical_x2 --checkpoint 001_classicalSR_DF2K_s64w8_SwinIR-M_x2.pth \\
+    python tools/eval_sr.py swinir_classical_x2 --checkpoint 001_classicalSR_DF2K_s64w8_SwinIR-M_x2.pth \
         --data data/benchmarks/Set5 data/benchmarks/Set14 --self-ensemble --json results.json
-    python tools/eval_sr.py swinir_light_x2 --checkpoint runs/swinir_light_x2_sr-20260101-120000 \\
-        --data data/sr_demo/val --save outputs/       # a densezoo training run (its best checkpoint)
+    python tools/eval_sr.py swinir_real_x4 --checkpoint runs/swinir_real_x4_gan-20260101-120000 \
+        --data data/sr_demo/val --degradation bsrgan --niqe \
+        --lpips alex --lpips-backbone alexnet-owt-7be5be79.pth --lpips-weights alex.pth
 """
 import argparse
 import logging
@@ -20,9 +20,11 @@ import torch
 import densezoo  # noqa: F401  (registers densezoo's models)
 from densezoo.cli.argtypes import device_name, float_at_least, int_at_least, int_between
 from densezoo.datasets import DataError
+from densezoo.datasets.sr import DEGRADATIONS
+from densezoo.metrics.lpips import NETS as LPIPS_NETS
 from densezoo.profile.common import parse_model_kwargs, write_json
 from densezoo.tasks.sr_eval import (EvalError, evaluate_benchmark, format_scores, load_sr_model,
-                                    scores_to_dict, sr_forward)
+                                    quality_metrics, scores_to_dict, sr_forward)
 
 
 def parse_args(argv=None):
@@ -49,8 +51,18 @@ def parse_args(argv=None):
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V', help='extra create_model arguments')
     parser.add_argument('--no-ema', action='store_true', help="use a densezoo checkpoint's model weights, not its EMA")
     parser.add_argument('--grey', choices=('L', 'Y'), default='L', help='grey conversion for 1-channel models')
-    parser.add_argument('--degradation', choices=('bicubic', 'noise', 'jpeg'), default='bicubic',
-                        help='how inputs are made from HR without an LR folder (noise / jpeg: upscale-1 models)')
+    parser.add_argument('--degradation', choices=DEGRADATIONS, default='bicubic',
+                        help='how inputs are made from HR without an LR folder (noise / jpeg: upscale-1 models; '
+                             'realesrgan / bsrgan: real-world, seeded by --seed)')
+    parser.add_argument('--seed', type=int_at_least(0), default=0, help='seed of the real-world degradations')
+    parser.add_argument('--niqe', action='store_true', help='also score NIQE (no reference; lower is better)')
+    parser.add_argument('--lpips', choices=LPIPS_NETS, default=None, metavar='NET',
+                        help=f'also score LPIPS with backbone NET ({", ".join(LPIPS_NETS)}); needs --lpips-backbone '
+                             f'and --lpips-weights')
+    parser.add_argument('--lpips-backbone', default=None, metavar='FILE',
+                        help="torchvision's ImageNet weights of the LPIPS backbone (e.g. alexnet-owt-7be5be79.pth)")
+    parser.add_argument('--lpips-weights', default=None, metavar='FILE',
+                        help="LPIPS's linear layers (the lpips package's weights/v0.1/<net>.pth)")
     parser.add_argument('--noise-sigma', type=float_at_least(0), default=25.0,
                         help='Gaussian noise level (0..255 scale)')
     parser.add_argument('--jpeg-quality', type=int_between(1, 100), default=40, help='JPEG quality of the inputs')
@@ -69,6 +81,10 @@ def main(argv=None) -> int:
         if not available[device.type] or device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
             raise EvalError(f'--device {args.device} was asked for but torch does not see it; use --device cpu')
         forward = sr_forward(args.tile, args.tile_overlap, args.self_ensemble)
+        if args.lpips and not (args.lpips_backbone and args.lpips_weights):
+            raise EvalError(f'--lpips {args.lpips} needs --lpips-backbone (torchvision\'s ImageNet weights of the '
+                            f'backbone) and --lpips-weights (the lpips package\'s weights/v0.1/{args.lpips}.pth)')
+        metrics = quality_metrics(args.niqe, args.lpips, args.lpips_backbone, args.lpips_weights, device)
         model, weights = load_sr_model(args.model, args.checkpoint, parse_model_kwargs(args.model_kwargs),
                                        ema=not args.no_ema)
         upscale = getattr(model, 'upscale', None)
@@ -84,7 +100,7 @@ def main(argv=None) -> int:
         results = [evaluate_benchmark(model, folder, scale, y_channel=y_channel, crop_border=crop, forward=forward,
                                       save_dir=args.save, device=device, progress=progress, grey=args.grey,
                                       degradation=args.degradation, noise_sigma=args.noise_sigma,
-                                      jpeg_quality=args.jpeg_quality)
+                                      jpeg_quality=args.jpeg_quality, seed=args.seed, metrics=metrics)
                    for folder in args.data]
     except (EvalError, DataError, ValueError) as err:
         print(f'error: {" ".join(str(err).split())}', file=sys.stderr)

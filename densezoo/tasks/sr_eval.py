@@ -2,7 +2,7 @@
 
 ``load_sr_model`` loads a weights file or a densezoo training run, ``benchmark_dataset`` reads a benchmark folder
 (``HR/*.png``, optionally ``LR_bicubic/X{scale}/*.png``), and ``evaluate_benchmark`` scores it with the SR protocol
-of ``densezoo.metrics.sr``.
+of ``densezoo.metrics.sr`` and, given ``metrics``, more (NIQE, LPIPS: ``quality_metrics``).
 
 Design notes: docs/data.md.
 """
@@ -25,7 +25,7 @@ from densezoo.tasks.sr_inference import self_ensemble, tiled_forward
 from densezoo.metrics.sr import psnr, ssim
 
 __all__ = ['EvalError', 'ImageScore', 'BenchmarkScore', 'load_sr_model', 'benchmark_dataset',
-           'evaluate_benchmark', 'sr_forward', 'format_scores', 'scores_to_dict']
+           'evaluate_benchmark', 'sr_forward', 'quality_metrics', 'format_scores', 'scores_to_dict']
 
 
 class EvalError(ValueError):
@@ -39,6 +39,7 @@ class ImageScore:
     psnr: float
     ssim: float
     seconds: float
+    extra: Dict[str, float] = field(default_factory=dict)  # NIQE, LPIPS, ... by name
 
 
 @dataclass
@@ -55,6 +56,10 @@ class BenchmarkScore:
     @property
     def ssim(self) -> float:
         return sum(i.ssim for i in self.images) / max(len(self.images), 1)
+
+    def mean(self, metric: str) -> float:
+        """The mean of an ``extra`` metric over the images."""
+        return sum(i.extra[metric] for i in self.images) / max(len(self.images), 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,8 +101,10 @@ def load_sr_model(name: str, checkpoint, model_kwargs: Optional[Dict[str, Any]] 
 
 # ----------------------------------------------------------------------------------------------------------------
 def benchmark_dataset(folder, scale: int, channels: int = 3, grey: str = 'L', degradation: str = 'bicubic',
-                      noise_sigma: float = 25.0, jpeg_quality: int = 40) -> Tuple[SRPairedDataset, str]:
-    """The whole-image pairs of a benchmark folder and where its LR images come from."""
+                      noise_sigma: float = 25.0, jpeg_quality: int = 40,
+                      seed: int = 0) -> Tuple[SRPairedDataset, str]:
+    """The whole-image pairs of a benchmark folder and where its LR images come from (a real-world degradation
+    draws from ``seed``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalError(f'benchmark folder {str(folder)!r} does not exist')
@@ -109,9 +116,10 @@ def benchmark_dataset(folder, scale: int, channels: int = 3, grey: str = 'L', de
     use_lr = degradation == 'bicubic' and scale > 1 and lr_dir.is_dir()
     dataset = SRPairedDataset(hr_dir, lr_dir if use_lr else None, scale=scale, channels=channels, grey=grey,
                               degradation=degradation, noise_sigma=noise_sigma, jpeg_quality=jpeg_quality,
-                              corrupt='error')
+                              corrupt='error', seed=seed)
     source = str(lr_dir) if use_lr else {'bicubic': 'bicubic from HR', 'noise': f'HR + noise sigma {noise_sigma}',
-                                          'jpeg': f'HR as JPEG quality {jpeg_quality}'}[degradation]
+                                          'jpeg': f'HR as JPEG quality {jpeg_quality}'}.get(
+        degradation, f'HR degraded by {degradation} (seed {seed})')
     return dataset, source
 
 
@@ -130,12 +138,29 @@ def sr_forward(tile: Optional[int] = None, overlap: int = 32, ensemble: bool = F
     return single
 
 
+def quality_metrics(niqe: bool = False, lpips_net: Optional[str] = None, lpips_backbone=None, lpips_weights=None,
+                    device='cpu') -> Dict[str, Callable]:
+    """The metrics beside PSNR / SSIM for ``evaluate_benchmark``: NIQE of the output (no reference; lower is better,
+    the border cut as for PSNR) and LPIPS between output and HR (whole images; lower is better), its weights from
+    the files given."""
+    metrics: Dict[str, Callable] = {}
+    if niqe:
+        from densezoo.metrics.niqe import niqe as niqe_score
+        metrics['niqe'] = lambda sr, hr, crop: niqe_score(sr, crop_border=crop)
+    if lpips_net is not None:
+        from densezoo.metrics.lpips import LPIPS
+        model = LPIPS(lpips_net, backbone_weights=lpips_backbone, lin_weights=lpips_weights).to(device)
+        metrics['lpips'] = lambda sr, hr, crop: float(model(sr.to(device).clamp(0, 1), hr.to(device)))
+    return metrics
+
+
 @torch.no_grad()
 def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = True,
                        crop_border: Optional[int] = None, forward: Optional[Callable] = None,
                        save_dir: Optional[Path] = None, device='cpu', progress: bool = False,
-                       **data_options) -> BenchmarkScore:
-    """Scores of ``model`` on every image of a benchmark folder; ``save_dir`` also writes the outputs as PNG."""
+                       metrics: Optional[Dict[str, Callable]] = None, **data_options) -> BenchmarkScore:
+    """Scores of ``model`` on every image of a benchmark folder; ``metrics`` maps names to ``metric(sr, hr,
+    crop_border) -> float`` scored besides PSNR and SSIM; ``save_dir`` also writes the outputs as PNG."""
     dataset, source = benchmark_dataset(folder, scale, channels=getattr(model, 'in_chans', 3), **data_options)
     crop = scale if crop_border is None else crop_border
     run = forward or sr_forward()
@@ -159,7 +184,9 @@ def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = T
         result.images.append(ImageScore(name=dataset.name(index), lr_size=tuple(lr.shape[-2:]),
                                         psnr=psnr(sr, hr, crop, y_channel, bits),
                                         ssim=ssim(sr, hr, crop, y_channel, bits),
-                                        seconds=seconds))
+                                        seconds=seconds,
+                                        extra={name: float(metric(sr, hr, crop))
+                                               for name, metric in (metrics or {}).items()}))
         if save_dir is not None:
             tensor_to_image(sr).save(save_dir / f'{dataset.name(index)}.png')
     return result
@@ -169,14 +196,16 @@ def evaluate_benchmark(model: nn.Module, folder, scale: int, y_channel: bool = T
 def format_scores(benchmarks: Sequence[BenchmarkScore]) -> str:
     """One row per image and one mean row per benchmark."""
     from densezoo.profile.common import format_columns
-    head = ('benchmark / image', 'LR size', 'PSNR', 'SSIM', 'seconds')
+    extra = list(benchmarks[0].images[0].extra) if benchmarks and benchmarks[0].images else []
+    head = ('benchmark / image', 'LR size', 'PSNR', 'SSIM', *(name.upper() for name in extra), 'seconds')
     rows = []
     for bench in benchmarks:
         for image in bench.images:
             rows.append((f'{bench.name}/{image.name}', f'{image.lr_size[1]}x{image.lr_size[0]}', f'{image.psnr:.2f}',
-                         f'{image.ssim:.4f}', f'{image.seconds:.2f}'))
+                         f'{image.ssim:.4f}', *(f'{image.extra[name]:.4f}' for name in extra),
+                         f'{image.seconds:.2f}'))
         rows.append((f'{bench.name} mean ({len(bench.images)} images)', '', f'{bench.psnr:.2f}', f'{bench.ssim:.4f}',
-                     f'{sum(i.seconds for i in bench.images):.2f}'))
+                     *(f'{bench.mean(name):.4f}' for name in extra), f'{sum(i.seconds for i in bench.images):.2f}'))
     return format_columns(head, rows)
 
 
@@ -184,4 +213,5 @@ def scores_to_dict(benchmarks: Sequence[BenchmarkScore], **settings) -> Dict[str
     """JSON-ready results: the settings and, per benchmark, the means and the per-image scores."""
     return dict(**settings, benchmarks=[
         dict(name=b.name, folder=b.folder, lr_source=b.lr_source, psnr=b.psnr, ssim=b.ssim,
+             **{name: b.mean(name) for name in (b.images[0].extra if b.images else {})},
              images=[dict(asdict(i), lr_size=list(i.lr_size)) for i in b.images]) for b in benchmarks])

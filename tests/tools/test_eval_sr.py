@@ -162,3 +162,48 @@ def test_tool_errors_are_one_line(bench, weights, tmp_path, capsys, case, messag
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert re.match(message, err), err
+
+
+def test_tool_scores_niqe_and_lpips_on_real_world_inputs(weights, tmp_path, capsys):
+    """NIQE and LPIPS (random weights in the files' layouts) on the bundled photograph degraded by the seeded
+    Real-ESRGAN pipeline: the tool's numbers equal the metrics computed directly on the same input."""
+    import torchvision
+    from densezoo.metrics.lpips import LIN_CHANNELS, LPIPS
+    from densezoo.metrics.niqe import niqe
+    from densezoo.tasks.sr_eval import benchmark_dataset
+    torch.manual_seed(0)
+    torch.save({k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith('features.')},
+               tmp_path / 'alexnet.pth')
+    torch.save({f'lin{i}.model.1.weight': torch.rand(1, c, 1, 1) / c for i, c in enumerate(LIN_CHANNELS['alex'])},
+               tmp_path / 'alex.pth')
+    folder = Path(__file__).resolve().parents[2] / 'data' / 'sr_demo' / 'val'
+    args = ['densezoo_test_sr_x2', '--checkpoint', str(weights), '--data', str(folder), '--degradation', 'realesrgan',
+            '--seed', '3', '--niqe', '--lpips', 'alex', '--lpips-backbone', str(tmp_path / 'alexnet.pth'),
+            '--lpips-weights', str(tmp_path / 'alex.pth'), '--json', str(tmp_path / 'r.json')]
+    assert _tool().main(args) == 0
+    out = capsys.readouterr().out
+    assert 'NIQE' in out.splitlines()[1] and 'LPIPS' in out.splitlines()[1]
+    result = json.loads((tmp_path / 'r.json').read_text())['benchmarks'][0]
+    assert result['lr_source'] == 'HR degraded by realesrgan (seed 3)'
+    lr, hr = benchmark_dataset(folder, 2, degradation='realesrgan', seed=3)[0][0]
+    model, _ = load_sr_model('densezoo_test_sr_x2', weights)
+    with torch.no_grad():
+        sr = model(lr[None])[0]
+        distance = float(LPIPS('alex', backbone_weights=tmp_path / 'alexnet.pth',
+                               lin_weights=tmp_path / 'alex.pth')(sr.clamp(0, 1), hr))
+    assert result['niqe'] == pytest.approx(niqe(sr, crop_border=2), abs=1e-9)
+    assert result['lpips'] == pytest.approx(distance, abs=1e-6) and 0 < distance < 1
+    assert result['psnr'] == pytest.approx(psnr(sr, hr, 2), abs=1e-9)
+    # the same seed, the same inputs; another seed, other inputs
+    assert _tool().main(args[:-2] + ['--json']) == 0
+    assert json.loads(capsys.readouterr().out)['benchmarks'][0]['psnr'] == result['psnr']
+    assert _tool().main(args[:8] + ['4', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['benchmarks'][0]['psnr'] != result['psnr']
+
+
+def test_tool_needs_both_lpips_files(weights, bench, capsys):
+    assert _tool().main(['densezoo_test_sr_x2', '--checkpoint', str(weights), '--data', str(bench / 'Set2'),
+                         '--lpips', 'alex']) == 2
+    assert capsys.readouterr().err == ("error: --lpips alex needs --lpips-backbone (torchvision's ImageNet weights of "
+                                       "the backbone) and --lpips-weights (the lpips package's weights/v0.1/alex.pth)"
+                                       "\n")
