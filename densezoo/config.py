@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['ConfigError', 'ModelConfig', 'DataConfig', 'OptimConfig', 'SchedConfig', 'TrainConfig', 'build_config',
-           'config_keys', 'check_common', 'check_device', 'require', 'require_pair',
+           'config_keys', 'check_common', 'check_device', 'check_optim', 'require', 'require_pair',
            'require_probability']
 
 
@@ -312,21 +312,23 @@ def _check_data(data: DataConfig) -> None:
                 f'{{name: HorizontalFlip, p: 0.5}}')
 
 
-def _check_optim(optim: OptimConfig) -> None:
+def check_optim(optim: OptimConfig, key: str = 'optim') -> None:
+    """Check an optim section (``key``: its name in the config); raises ``ConfigError`` with a one-line reason."""
     import timm.optim
     known = timm.optim.list_optimizers()
     name = optim.name.lower()
     base = name[len('lookahead_'):] if name.startswith('lookahead_') else name
-    require(base in known, f'optim.name={optim.name!r} is not a timm optimizer; {_closest(base, known)}')
-    require(optim.lr > 0, f'optim.lr={optim.lr} must be positive')
-    require(optim.weight_decay >= 0, f'optim.weight_decay={optim.weight_decay} must be 0 or more')
-    require(0 <= optim.momentum < 1, f'optim.momentum={optim.momentum} must be 0 or more and below 1 (e.g. 0.9)')
+    require(base in known, f'{key}.name={optim.name!r} is not a timm optimizer; {_closest(base, known)}')
+    require(optim.lr > 0, f'{key}.lr={optim.lr} must be positive')
+    require(optim.weight_decay >= 0, f'{key}.weight_decay={optim.weight_decay} must be 0 or more')
+    require(0 <= optim.momentum < 1, f'{key}.momentum={optim.momentum} must be 0 or more and below 1 (e.g. 0.9)')
     require(optim.layer_decay is None or 0 < optim.layer_decay <= 1,
-            f'optim.layer_decay={optim.layer_decay} must lie in (0, 1] (e.g. 0.75), or be null (no layer decay)')
+            f'{key}.layer_decay={optim.layer_decay} must lie in (0, 1] (e.g. 0.75), or be null (no layer decay)')
     require(optim.clip_grad is None or optim.clip_grad > 0,
-            f'optim.clip_grad={optim.clip_grad} must be positive, or null (no clipping)')
-    for key in optim.kwargs:
-        require(key not in _OPTIM_KEYS, f'optim.kwargs.{key} is not allowed; set optim.{_OPTIM_KEYS.get(key)} instead')
+            f'{key}.clip_grad={optim.clip_grad} must be positive, or null (no clipping)')
+    for name in optim.kwargs:
+        require(name not in _OPTIM_KEYS,
+                f'{key}.kwargs.{name} is not allowed; set {key}.{_OPTIM_KEYS.get(name)} instead')
     try:  # the optimizer's own arguments (an optimizer that needs CUDA or a package cannot be inspected here)
         params = inspect.signature(timm.optim.get_optimizer_class(base, bind_defaults=False)).parameters
     except Exception:
@@ -336,8 +338,9 @@ def _check_optim(optim: OptimConfig) -> None:
     factory = set(inspect.signature(timm.optim.create_optimizer_v2).parameters)
     arguments = [p for p in params if p != 'params']
     # create_optimizer_v2 takes its own options and drops eps / betas for optimizers without them
-    bad = [key for key in optim.kwargs if key not in arguments and key not in factory and key not in ('eps', 'betas')]
-    require(not bad, f'optim.kwargs has {", ".join(bad)}, which optimizer {base} does not take; its arguments are: '
+    bad = [name for name in optim.kwargs
+           if name not in arguments and name not in factory and name not in ('eps', 'betas')]
+    require(not bad, f'{key}.kwargs has {", ".join(bad)}, which optimizer {base} does not take; its arguments are: '
                      f'{", ".join(arguments)}; remove {"it" if len(bad) == 1 else "them"} from the config')
 
 
@@ -365,7 +368,7 @@ def check_common(config: TrainConfig) -> None:
     _check_run(config)
     _check_model(config.model)
     _check_data(config.data)
-    _check_optim(config.optim)
+    check_optim(config.optim)
     _check_sched(config.sched, config.optim)
     require(config.epochs is not None or config.max_steps is not None,
             'epochs is null and max_steps is not set; set one of them')

@@ -1,11 +1,13 @@
 """Training checkpoints: safetensors weights plus a small state file, written atomically and checked when loaded.
 
 A checkpoint is a folder ``checkpoints/step-XXXXXXXX/`` holding ``model.safetensors`` (and ``ema.safetensors``),
-``state.pt`` (optimizer, scheduler, step counters, RNG states, config; loaded with ``weights_only=True``) and, written
-last, ``manifest.json`` (the step and each file's size and sha256). It is written under a temporary name and renamed
-into place, and the links ``checkpoints/last`` and ``checkpoints/best`` are replaced atomically afterwards, so a run
-killed at any moment leaves a complete last checkpoint. Loading verifies every file against the manifest first
-(folders of older versions, without one, load unverified). The newest ``keep`` checkpoints and ``best`` are kept.
+the weights of the other networks a task trains (``<name>.safetensors``, e.g. a GAN's discriminator), ``state.pt``
+(optimizer, scheduler, step counters, RNG states, config, the task's own state; loaded with ``weights_only=True``)
+and, written last, ``manifest.json`` (the step and each file's size and sha256). It is written under a temporary
+name and renamed into place, and the links ``checkpoints/last`` and ``checkpoints/best`` are replaced atomically
+afterwards, so a run killed at any moment leaves a complete last checkpoint. Loading verifies every file against the
+manifest first (folders of older versions, without one, load unverified). The newest ``keep`` checkpoints and
+``best`` are kept.
 """
 import os
 import random
@@ -85,9 +87,11 @@ def save_checkpoint(
         ema: Optional[nn.Module] = None,
         best: bool = False,
         keep: int = 3,
+        networks: Optional[Dict[str, nn.Module]] = None,
 ) -> Path:
     """Write checkpoint ``step`` into ``directory`` and point ``last`` (and ``best``) at it; then remove all but the
-    ``keep`` newest checkpoints and ``best``. Returns its folder."""
+    ``keep`` newest checkpoints and ``best``. ``networks``: other trained networks by name, written as
+    ``<name>.safetensors``. Returns its folder."""
     directory.mkdir(parents=True, exist_ok=True)
     final, suffix = directory / f'step-{step:08d}', 0
     while final.exists():  # a second save at the same step (end of epoch after a step checkpoint) gets a new name
@@ -100,6 +104,8 @@ def save_checkpoint(
     save_weights(model, tmp / 'model.safetensors')
     if ema is not None:
         save_weights(ema, tmp / 'ema.safetensors')
+    for name, network in (networks or {}).items():
+        save_weights(network, tmp / f'{name}.safetensors')
     torch.save(state, tmp / 'state.pt')
     write_manifest(tmp, step)
     for path in tmp.iterdir():  # data on disk before the rename makes it visible
@@ -173,22 +179,32 @@ def _misfit(model: nn.Module, weights: Dict[str, torch.Tensor]) -> Optional[str]
     return '; '.join(parts) or None
 
 
-def load_checkpoint(folder: Path, model: nn.Module, ema: Optional[nn.Module] = None) -> Dict[str, object]:
-    """Load weights into ``model`` (and ``ema``) and return the saved state. Every file is verified against the
-    manifest and read before any is used; raises ``CheckpointError`` for a missing, damaged or unsafe file, and
-    ``TrainingError`` for weights of another model (a resumed run whose model options were changed)."""
+def load_checkpoint(folder: Path, model: nn.Module, ema: Optional[nn.Module] = None,
+                    networks: Optional[Dict[str, nn.Module]] = None) -> Dict[str, object]:
+    """Load weights into ``model`` (``ema`` and the other ``networks`` by name) and return the saved state. Every
+    file is verified against the manifest and read before any is used; raises ``CheckpointError`` for a missing,
+    damaged or unsafe file, and ``TrainingError`` for weights of another model (a resumed run whose model options
+    were changed)."""
     verify_checkpoint(folder)
     weights = _read(folder, 'model.safetensors')
     ema_weights = _read(folder, 'ema.safetensors') if ema is not None and (folder / 'ema.safetensors').is_file() \
         else None
+    others = {}
+    for name in networks or {}:
+        if not (folder / f'{name}.safetensors').is_file():
+            raise CheckpointError(f'{name}.safetensors is missing (the weights of the {name})')
+        others[name] = _read(folder, f'{name}.safetensors')
     state = _read(folder, 'state.pt')
     if not isinstance(state, dict) or 'global_step' not in state:
         raise CheckpointError('state.pt holds no training state')
-    misfit = _misfit(model, weights)
-    if misfit:
-        raise TrainingError(f'{folder.parent.name}/{folder.name} does not fit the model: {misfit}; resume with the '
-                            f'model options the run was trained with (its config.yaml)')
+    for name, module, found in [('model', model, weights)] + [(n, networks[n], w) for n, w in others.items()]:
+        misfit = _misfit(module, found)
+        if misfit:
+            raise TrainingError(f'{folder.parent.name}/{folder.name} does not fit the {name}: {misfit}; resume with '
+                                f'the {name} options the run was trained with (its config.yaml)')
     model.load_state_dict(weights)
     if ema_weights is not None:
         ema.load_state_dict(ema_weights)
+    for name, found in others.items():
+        networks[name].load_state_dict(found)
     return state

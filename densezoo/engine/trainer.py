@@ -116,21 +116,10 @@ class Trainer:
                 with self._writing('write config.yaml to', self.run_dir):
                     (self.run_dir / 'config.yaml').write_text(
                         yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        optim = config.optim
-        self.optimizer = create_optimizer_v2(
-            self.model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum,
-            layer_decay=optim.layer_decay, **optim.kwargs)
-        sched = config.sched
-        # the schedule is updated every optimizer step; its times count epochs or, with unit 'steps', steps
-        if sched.unit == 'epochs':
-            per_unit, length = self.steps_per_epoch, self.epochs
-        else:
-            per_unit, length = 1, config.max_steps or self.epochs * self.steps_per_epoch
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=sched.name, num_epochs=length, warmup_epochs=sched.warmup_epochs,
-            warmup_lr=sched.warmup_lr, min_lr=sched.min_lr, decay_milestones=list(sched.decay_milestones),
-            decay_rate=sched.decay_rate, step_on_epochs=False, updates_per_epoch=per_unit)
+        self.optimizer = self._make_optimizer(self.model, config.optim)
+        self.scheduler = self._make_scheduler(self.optimizer, config.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == 'fp16')
+        self.task.build_training(self.model, self.device, self._make_optimizer, self._make_scheduler)
 
         self.train_model = self.model
         if config.model.compile:
@@ -156,6 +145,25 @@ class Trainer:
                 self.logger = RunLogger(self.run_dir, resume_step=resume_step, metrics=self.task.log_metrics)
 
     # ------------------------------------------------------------------------------------------------------------
+    def _make_optimizer(self, module: torch.nn.Module, optim) -> torch.optim.Optimizer:
+        """timm's optimizer for ``module`` from an optim section."""
+        return create_optimizer_v2(
+            module, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum,
+            layer_decay=optim.layer_decay, **optim.kwargs)
+
+    def _make_scheduler(self, optimizer: torch.optim.Optimizer, sched):
+        """timm's schedule for ``optimizer`` from a sched section, updated every optimizer step; its times count
+        epochs or, with unit 'steps', steps."""
+        if sched.unit == 'epochs':
+            per_unit, length = self.steps_per_epoch, self.epochs
+        else:
+            per_unit, length = 1, self.config.max_steps or self.epochs * self.steps_per_epoch
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=sched.name, num_epochs=length, warmup_epochs=sched.warmup_epochs,
+            warmup_lr=sched.warmup_lr, min_lr=sched.min_lr, decay_milestones=list(sched.decay_milestones),
+            decay_rate=sched.decay_rate, step_on_epochs=False, updates_per_epoch=per_unit)
+        return scheduler
+
     def _build_samplers(self) -> None:
         cfg, info = self.config, self.dist
         self.train_sampler = EpochSampler(len(self.train_set), shuffle=True, seed=cfg.seed, rank=info.rank,
@@ -197,13 +205,14 @@ class Trainer:
             global_step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), rng=states, best_metric=self.best_metric, best_step=self.best_step,
-            metrics=self.last_metrics, config=config_to_dict(self.config))
+            metrics=self.last_metrics, config=config_to_dict(self.config), task=self.task.training_state())
 
     def _save(self, best: bool = False) -> None:
         state = self._state()  # every process takes part (RNG gathering)
         if self.dist.is_main:
             save_checkpoint(self.ckpt_dir, self.global_step, self.model, state,
-                            ema=self.ema.module if self.ema else None, best=best, keep=self.config.keep_checkpoints)
+                            ema=self.ema.module if self.ema else None, best=best, keep=self.config.keep_checkpoints,
+                            networks=self.task.networks())
         barrier(self.dist)
 
     def _load_newest_intact(self) -> Tuple[Path, Dict[str, object]]:
@@ -215,7 +224,8 @@ class Trainer:
         skipped = []
         for folder in folders:
             try:
-                state = load_checkpoint(folder, self.model, self.ema.module if self.ema else None)
+                state = load_checkpoint(folder, self.model, self.ema.module if self.ema else None,
+                                        networks=self.task.networks())
             except CheckpointError as err:
                 skipped.append(f'{self.ckpt_dir.name}/{folder.name}: {err}')
                 continue
@@ -238,6 +248,7 @@ class Trainer:
         rng = state['rng']
         set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
         self.scheduler.step_update(num_updates=self.global_step)
+        self.task.load_training_state(state.get('task', {}), self.global_step)
         if self.dist.is_main:
             _logger.info(f'resumed from {folder} at step {self.global_step} (epoch {self.epoch})')
         return self.global_step
@@ -385,6 +396,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
         self.scheduler.step_update(num_updates=self.global_step)
+        for key, value in self.task.after_step(self.global_step, self._autocast).items():
+            self._window_extras[key] = self._window_extras.get(key, 0.) + value
 
     def _train_epoch(self) -> bool:
         """One epoch from the current position; returns False when ``max_steps`` was reached."""
@@ -402,6 +415,7 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // accumulation,
                        desc=f'epoch {self.epoch + 1}/{self.epochs}', dynamic_ncols=True, leave=False)
         window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
+        self._window_extras = {}  # sums of what the task's after_step returned in this log window
         first = self.batch_in_epoch
         try:
             for index, (inputs, targets) in enumerate(_batches(loader), start=first):
@@ -432,9 +446,11 @@ class Trainer:
                                     img_s=f'{window_images / (time.perf_counter() - window_start):.1f}')
                 if self.global_step % cfg.log_every == 0 or self.batch_in_epoch == micro_batches:
                     elapsed = time.perf_counter() - window_start
+                    extras = {key: total / window_steps for key, total in self._window_extras.items()}
                     self._log('train', lr=self._lr(), loss=window_loss / window_steps,
-                              images_per_s=window_images / elapsed, elapsed_s=elapsed)
+                              images_per_s=window_images / elapsed, elapsed_s=elapsed, **extras)
                     window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
+                    self._window_extras = {}
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                     self._save_checkpoint()
                 if cfg.max_steps and self.global_step >= cfg.max_steps:

@@ -132,6 +132,29 @@ class Task:
     def training_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # What a task trains besides the model (a GAN's discriminator): the engine checkpoints and resumes it.
+    def build_training(self, model: nn.Module, device: torch.device, make_optimizer: Callable,
+                       make_scheduler: Callable) -> None:
+        """Called once, after the model is on ``device`` and its optimizer is made: build the other networks the
+        task trains and their optimizers. ``make_optimizer(module, optim_config)`` and
+        ``make_scheduler(optimizer, sched_config)`` build them as the engine builds the model's."""
+
+    def networks(self) -> Dict[str, nn.Module]:
+        """The other networks the task trains, by name; checkpoints hold their weights as ``<name>.safetensors``."""
+        return {}
+
+    def training_state(self) -> Dict[str, Any]:
+        """The task's own training state (its optimizers, schedules, scalers), saved in each checkpoint."""
+        return {}
+
+    def load_training_state(self, state: Dict[str, Any], step: int) -> None:
+        """Restore what ``training_state`` returned, at optimizer step ``step``."""
+
+    def after_step(self, step: int, autocast) -> Dict[str, float]:
+        """Called after each optimizer step of the model (and the update of its EMA), ``step`` counting from 1: the
+        task's own updates (a discriminator's step). Returns values to average into the training log."""
+        return {}
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, autocast) -> Dict[str, float]:
         """Metrics over the whole validation set, reduced over all processes."""

@@ -14,13 +14,17 @@ from densezoo.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = set(config_keys(TrainConfig))
-OWN = {name: set(config_keys(task.config_class)) - COMMON for name, task in TASKS.items()}
+#: the keys each task adds to those of its base (``TrainConfig``, or the config of the task it extends)
+OWN = {name: set(config_keys(task.config_class)) - set(config_keys(task.config_class.__mro__[1]))
+       for name, task in TASKS.items()}
 
 
 def minimal(task: str, **overrides) -> dict:
     values = dict(task=task, model=dict(name='resnet18'), data=dict(root='data'))
     if task == 'seg':
         values['data']['num_classes'] = 3
+    if task == 'sr_gan':  # its perceptual loss needs a weights file
+        values['perceptual'] = dict(weight=0.0)
     for key, value in overrides.items():
         section, _, name = key.rpartition('.')
         (values[section] if section else values)[name] = value
@@ -30,16 +34,18 @@ def minimal(task: str, **overrides) -> dict:
 @pytest.mark.parametrize('task, key, value, owner', [
     ('sr', 'data.mixup', 0.2, 'classification'),
     ('seg', 'data.pipeline', 'timm', 'classification'),
-    ('classification', 'data.hr_dir', 'HR', 'sr'),
-    ('classification', 'loss', 'l1', 'sr'),
-    ('seg', 'charbonnier_eps', 0.01, 'sr'),
+    ('classification', 'data.hr_dir', 'HR', 'tasks sr, sr_gan'),
+    ('classification', 'loss', 'l1', 'tasks sr, sr_gan'),
+    ('seg', 'charbonnier_eps', 0.01, 'tasks sr, sr_gan'),
+    ('sr', 'gan', {'weight': 0.1}, 'task sr_gan'),
     ('classification', 'model.head', 'fpn', 'seg'),
     ('sr', 'data.num_classes', 3, 'seg'),
 ])
 def test_a_task_refuses_another_tasks_key_in_one_line(task, key, value, owner):
     with pytest.raises(ConfigError) as info:
         config_from_dict(minimal(task, **{key: value}))
-    assert str(info.value) == f"unknown config key '{key}' for task {task}; it is a key of task {owner}"
+    owner = owner if owner.startswith('task') else f'task {owner}'
+    assert str(info.value) == f"unknown config key '{key}' for task {task}; it is a key of {owner}"
 
 
 @pytest.mark.parametrize('task, key, close', [
@@ -54,7 +60,7 @@ def test_typos_still_name_the_closest_key_of_the_task(task, key, close):
 
 
 @pytest.mark.parametrize('override, message', [
-    ({'data.degradation': 'blur'}, "data.degradation='blur' is not allowed; use bicubic, noise or jpeg"),
+    ({'data.degradation': 'blur'}, "data.degradation='blur' is not allowed; use bicubic, noise, jpeg, realesrgan, bsrgan"),
     ({'charbonnier_eps': 0}, 'charbonnier_eps=0.0 must be positive'),
     ({'data.jpeg_quality': 0}, 'data.jpeg_quality=0 must lie between 1 and 100'),
     ({'data.grey': 'RGB'}, "data.grey='RGB' is not allowed; use 'L' or 'Y'"),
@@ -68,7 +74,8 @@ def test_sr_checks_keep_their_messages(override, message):
 def test_task_configs_and_unknown_tasks():
     assert {name: type(config_from_dict(minimal(name))) for name in TASKS} == \
         {name: task.config_class for name, task in TASKS.items()}
-    with pytest.raises(ConfigError, match=r"^task='detection' is not known; choose one of classification, seg, sr$"):
+    with pytest.raises(ConfigError, match=r"^task='detection' is not known; choose one of classification, seg, sr, "
+                                          r"sr_gan$"):
         config_from_dict(minimal('detection'))
     with pytest.raises(ConfigError, match="^data.pipeline='dali' is not allowed; use 'timm' or 'albumentations'$"):
         config_from_dict(minimal('classification', **{'data.pipeline': 'dali'}))
@@ -85,8 +92,9 @@ def test_the_engine_names_no_task_key():
     """Neither the keys a task declares, nor the task names, nor task checks appear in densezoo/engine."""
     dotted = {key for keys in OWN.values() for key in keys}
     sections = 'model|data|optim|sched'
-    generic = {'loss', 'scale'}  # also the logged training loss and GradScaler.scale
-    names = {key.rpartition('.')[2] for key in dotted} - generic
+    generic = {'loss', 'scale', 'type'}  # also the logged training loss, GradScaler.scale and Python's type()
+    shared = {key.rpartition('.')[2] for key in COMMON}  # a task's section may hold a shared one (gan.optim.lr)
+    names = {key.rpartition('.')[2] for key in dotted} - generic - shared
     found = []
     for path in sorted((Path(densezoo.__file__).parent / 'engine').glob('*.py')):
         text = path.read_text(encoding='utf-8')
@@ -113,11 +121,16 @@ def _same(got, written) -> bool:
 def test_shipped_configs_keep_every_key_where_it_is(path):
     """Every key a shipped config sets (with its _base_ files) is loaded where the YAML puts it, with its value."""
     written, loaded = read_config_values(path), config_to_dict(load_config(path))
-    for key, value in written.items():
-        pairs = value.items() if key in ('model', 'data', 'optim', 'sched') else [(None, value)]
-        for name, item in pairs:
-            got = loaded[key] if name is None else loaded[key][name]
-            assert _same(got, item), f'{key}.{name}' if name else key
+    keys = config_keys(TASKS[written['task']].config_class)
+    sections = {key.rpartition('.')[0] for key in keys if '.' in key}  # 'model', 'gan', 'gan.optim', ...
+
+    def check(written_values, loaded_values, prefix=''):
+        for key, value in written_values.items():
+            if f'{prefix}{key}' in sections:
+                check(value, loaded_values[key], f'{prefix}{key}.')
+            else:
+                assert _same(loaded_values[key], value), f'{prefix}{key}'
+    check(written, loaded)
 
 
 def test_a_run_folder_listing_every_tasks_keys_resumes(tmp_path):
