@@ -114,10 +114,13 @@ def test_both_networks_learn_and_are_checkpointed(trained):
     assert (run / 'comparison.png').is_file()
 
 
-def test_a_stopped_run_resumes_bit_identically(data, vgg_file, tmp_path):
-    """Stopped mid-epoch and resumed: generator, EMA and discriminator weights (spectral-norm vectors included) and
-    the discriminator's optimizer end exactly as in a run never stopped."""
+@pytest.mark.parametrize('degradation', ['realesrgan', 'bsrgan'])
+def test_a_stopped_run_resumes_bit_identically(data, vgg_file, tmp_path, degradation):
+    """Stopped mid-epoch and resumed, with inputs degraded on the fly in two loader workers: generator, EMA and
+    discriminator weights (spectral-norm vectors included) and the discriminator's optimizer end exactly as in a
+    run never stopped."""
     values = gan_config(data, tmp_path / 'runs', vgg_file, epochs=2, ema_decay=0.7, checkpoint_every=1)
+    values['data'].update(degradation=degradation, workers=2)
     reference = train(config_from_dict(values), run_dir=tmp_path / 'reference', progress=False)
     stopped = train(config_from_dict(dict(values, max_steps=4)), run_dir=tmp_path / 'resumed', progress=False)
     assert stopped.steps == 4 and reference.steps == 6
