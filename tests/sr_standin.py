@@ -14,7 +14,7 @@ from PIL import Image
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-__all__ = ['StandInSR', 'make_sr_images', 'smooth_image']
+__all__ = ['StandInSR', 'make_sr_images', 'smooth_image', 'sr_config', 'torchrun_standin']
 
 
 class StandInSR(nn.Module):
@@ -107,3 +107,19 @@ def sr_config(root: Path, output: Path, **overrides) -> dict:
         section, _, name = key.rpartition('.')
         (config[section] if section else config)[name] = value
     return config
+
+
+def torchrun_standin(config: Path, tmp_path: Path, processes: int = 2):
+    """``torchrun --nproc_per_node processes tools/train.py config`` with the stand-in models registered (through a
+    launcher script in ``tmp_path``); the finished process (``returncode``, ``stderr``)."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    launcher = tmp_path / 'launch.py'
+    launcher.write_text('import runpy, sys\nimport tests.sr_standin  # registers the stand-in\n'
+                        f'sys.argv = ["train.py", *sys.argv[1:]]\n'
+                        f'runpy.run_path({str(root / "tools" / "train.py")!r}, run_name="__main__")\n')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(root)}
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
+                           str(processes), str(launcher), str(config)], capture_output=True, text=True, env=env)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from densezoo.engine import ConfigError, Trainer, config_from_dict, train
 from densezoo.engine.checkpoint import load_checkpoint
-from tests.sr_standin import make_sr_images, sr_config
+from tests.sr_standin import make_sr_images, sr_config, torchrun_standin
 
 #: VGG19 layers the tests use: conv1_2 and conv2_2 are features.2 and features.7 (torchvision's module list)
 LAYERS = {'conv1_2': 0.5, 'conv2_2': 1.0}
@@ -230,20 +230,9 @@ def test_the_discriminator_starts_from_a_basicsr_file(data, vgg_file, tmp_path):
 def test_two_processes_train_both_networks_alike(data, vgg_file, tmp_path):
     """Under torchrun (2 processes, gloo): both networks train, the discriminator through DDP, and the checkpoint
     holds the discriminator and its optimizer's state of every step."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[2]
     config = tmp_path / 'gan.json'  # JSON is YAML
     config.write_text(json.dumps(gan_config(data, tmp_path / 'runs', vgg_file, epochs=2)))
-    launcher = tmp_path / 'launch.py'
-    launcher.write_text('import runpy, sys\nimport tests.sr_standin  # registers the stand-in\n'
-                        f'sys.argv = ["train.py", *sys.argv[1:]]\n'
-                        f'runpy.run_path({str(root / "tools" / "train.py")!r}, run_name="__main__")\n')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(root)}
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           str(launcher), str(config)], capture_output=True, text=True, env=env)
+    proc = torchrun_standin(config, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = next((tmp_path / 'runs').glob('tiny_gan-*'))
     last = run / 'checkpoints' / 'last'

@@ -1,10 +1,6 @@
 """The SR task on the training engine: it learns, logs PSNR / SSIM, resumes exactly, reduces metrics over processes
 exactly, and stops on bad input with one-line reasons."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -17,10 +13,8 @@ from densezoo.engine import ConfigError, Trainer, config_from_dict, train
 from densezoo.engine.checkpoint import load_checkpoint
 from densezoo.tasks.sr import CharbonnierLoss, SRTask, build_sr_loss
 from densezoo.metrics.sr import psnr
-from tests.sr_standin import make_sr_images, sr_config
+from tests.sr_standin import make_sr_images, sr_config, torchrun_standin
 from tests.helpers import load_tool
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train_tool():
@@ -106,13 +100,7 @@ def test_two_processes_reduce_psnr_exactly(tmp_path):
     root = make_sr_images(tmp_path / 'data', count=(8, 3), size=(32, 36))
     config = tmp_path / 'sr.json'  # JSON is YAML
     config.write_text(json.dumps(sr_config(root, tmp_path / 'runs', epochs=1)))
-    launcher = tmp_path / 'launch.py'
-    launcher.write_text('import runpy, sys\nimport tests.sr_standin  # registers the stand-in\n'
-                        f'sys.argv = ["train.py", *sys.argv[1:]]\n'
-                        f'runpy.run_path({str(ROOT / "tools" / "train.py")!r}, run_name="__main__")\n')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           str(launcher), str(config)], capture_output=True, text=True, env=env)
+    proc = torchrun_standin(config, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = next((tmp_path / 'runs').glob('tiny_sr-*'))
     val = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()
