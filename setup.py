@@ -27,6 +27,7 @@ setup(
         'densezoo-validate = densezoo.cli.validate:main',
         'densezoo-upscale = densezoo.cli.upscale:main',
         'densezoo-export = densezoo.cli.export:main',
+        'densezoo-inspect-connections = densezoo.cli.inspect_connections:main',
     ]},
     install_requires=[
         # torch and torchvision come from the package index; torchvision must match torch's build.
