@@ -297,7 +297,23 @@ def _realesrgan_spec() -> Dict[str, Tuple[Any, Callable]]:
     return spec
 
 
-class RealESRGANDegradation:
+class _Pipeline:
+    """What both pipelines share: the scale and the options, checked against the pipeline's spec."""
+    name = ''
+
+    def __init__(self, scale: int = 4, **options):
+        self.scale = _check_scale(scale)
+        self.options = _parse(self.name, self._spec(), options)
+
+    @staticmethod
+    def _spec() -> Dict[str, Tuple[Any, Callable]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(scale={self.scale})'
+
+
+class RealESRGANDegradation(_Pipeline):
     """Real-ESRGAN's second-order degradation of one HR image (stages and defaults: docs/degradations.md).
 
     Options are the keys of ``train_realesrnet_x4plus.yml`` (``kernel_list``, ``sinc_prob``, ``resize_prob2``,
@@ -306,13 +322,7 @@ class RealESRGANDegradation:
     ValueError.
     """
     name = 'realesrgan'
-
-    def __init__(self, scale: int = 4, **options):
-        self.scale = _check_scale(scale)
-        self.options = _parse(self.name, _realesrgan_spec(), options)
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(scale={self.scale})'
+    _spec = staticmethod(_realesrgan_spec)
 
     def blur_kernel(self, rng: np.random.Generator, suffix: str = '') -> np.ndarray:
         """A kernel of the first (``suffix`` '') or second ('2') blur: a sinc filter with probability
@@ -391,7 +401,7 @@ def _bsrgan_spec() -> Dict[str, Tuple[Any, Callable]]:
     }
 
 
-class BSRGANDegradation:
+class BSRGANDegradation(_Pipeline):
     """BSRGAN's shuffled degradation of one HR image, as KAIR's ``degradation_bsrgan`` with ``isp_model=None``.
 
     Options: ``scale2_prob`` (x4 only: halve the image first), ``kernel_size_range`` (odd, 7..25),
@@ -401,13 +411,7 @@ class BSRGANDegradation:
     ``jpeg_range``. Stages and ranges: docs/degradations.md.
     """
     name = 'bsrgan'
-
-    def __init__(self, scale: int = 4, **options):
-        self.scale = _check_scale(scale)
-        self.options = _parse(self.name, _bsrgan_spec(), options)
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(scale={self.scale})'
+    _spec = staticmethod(_bsrgan_spec)
 
     def blur_kernel(self, rng: np.random.Generator, sf: int) -> np.ndarray:
         """KAIR's ``add_blur`` kernel for the current factor ``sf``: anisotropic Gaussian with covariance

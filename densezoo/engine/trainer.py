@@ -139,6 +139,7 @@ class Trainer:
             seed_everything(config.seed * 1000 + self.dist.rank + 1)
         self._start_step = self._saved_step = self.global_step  # the newest checkpoint's step (0: none yet)
         self._signal = 0  # the signal that asked this process to stop, 0 while none did
+        self._window_extras: Dict[str, float] = {}  # sums of what the task's after_step returned since the last log
         self.logger = None
         if self.dist.is_main:
             with self._writing('write logs to', self.run_dir):
@@ -415,7 +416,7 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // accumulation,
                        desc=f'epoch {self.epoch + 1}/{self.epochs}', dynamic_ncols=True, leave=False)
         window_loss, window_steps, window_images, window_start = 0., 0, 0, time.perf_counter()
-        self._window_extras = {}  # sums of what the task's after_step returned in this log window
+        self._window_extras = {}
         first = self.batch_in_epoch
         try:
             for index, (inputs, targets) in enumerate(_batches(loader), start=first):

@@ -77,6 +77,14 @@ class SRGANTrainConfig(SRTrainConfig):
     gan: GANConfig = field(default_factory=GANConfig)
 
 
+def _check_patch(lr_patch: int, upscale: int) -> None:
+    """The HR crop (``lr_patch * upscale``) is a size the U-Net discriminator takes, else a one-line
+    ``ConfigError``."""
+    hr_patch = lr_patch * upscale
+    require(hr_patch % 8 == 0, f'data.lr_patch={lr_patch} x upscale {upscale} = {hr_patch} HR pixels; the U-Net '
+                               f'discriminator needs a multiple of 8')
+
+
 def _load_discriminator(discriminator: nn.Module, path: str) -> None:
     """Load discriminator weights from a file: densezoo's, or BasicSR's (under 'params'); weights of another
     discriminator are a one-line ``ConfigError``."""
@@ -126,11 +134,8 @@ class SRGANTask(SRTask):
                     "perceptual.weights_file is not set; give the path of torchvision's VGG19 weights "
                     "(vgg19-dcbe5e4b.pth, from https://download.pytorch.org/models/vgg19-dcbe5e4b.pth), or set "
                     "perceptual.weight 0 and perceptual.style_weight 0")
-        data = config.data
-        if data.upscale is not None:
-            hr_patch = data.lr_patch * data.upscale
-            require(hr_patch % 8 == 0, f'data.lr_patch={data.lr_patch} x upscale {data.upscale} = {hr_patch} HR '
-                                       f'pixels; the U-Net discriminator needs a multiple of 8')
+        if config.data.upscale is not None:
+            _check_patch(config.data.lr_patch, config.data.upscale)
 
     def __init__(self, config: SRGANTrainConfig, dist):
         super().__init__(config, dist)
@@ -151,11 +156,8 @@ class SRGANTask(SRTask):
         self._sums: Dict[str, float] = {}
 
     def build_model(self) -> nn.Module:
-        model = super().build_model()
-        hr_patch = self.config.data.lr_patch * getattr(model, 'upscale', 1)
-        if hr_patch % 8:
-            raise ConfigError(f'data.lr_patch={self.config.data.lr_patch} x upscale {model.upscale} = {hr_patch} HR '
-                              f'pixels; the U-Net discriminator needs a multiple of 8')
+        model = super().build_model()  # data.upscale unset: the model's scale
+        _check_patch(self.config.data.lr_patch, getattr(model, 'upscale', 1))
         return model
 
     def build_training(self, model: nn.Module, device: torch.device, make_optimizer: Callable,

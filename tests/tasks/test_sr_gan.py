@@ -56,7 +56,6 @@ def test_one_step_is_the_published_update(data, vgg_file, tmp_path):
 
     trainer.model.train()
     task.training_loss(trainer.model, lr, hr).backward()
-    trainer._window_extras = {}
     trainer._optimizer_step()  # the generator's step, then the task's discriminator step
 
     from densezoo.datasets.degradations import usm_sharp
