@@ -28,6 +28,7 @@ setup(
         'densezoo-upscale = densezoo.cli.upscale:main',
         'densezoo-export = densezoo.cli.export:main',
         'densezoo-inspect-connections = densezoo.cli.inspect_connections:main',
+        'densezoo-compare = densezoo.cli.compare:main',
     ]},
     install_requires=[
         # torch and torchvision come from the package index; torchvision must match torch's build.

@@ -2,20 +2,22 @@
 connected network the plain one, and (MUDD) statistics of the weights it generates for a sample input.
 
 ``inspect_connections(model, sample=None)`` returns one ``ConnectionReport`` per ``StageConnection`` of a model;
-``plot_connections(reports, path)`` draws their coefficients as heat maps. Meaning of each kind: docs/connections.md.
+``plot_connections(reports, path)`` draws their coefficients as heat maps, ``plot_moves(history, path)`` the largest
+move of each connection over a run's checkpoints. Meaning of each kind: docs/connections.md.
 """
 import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from densezoo.layers.connections import DepthWeightedAverage, MultiwayDynamicDense, StageConnection
 
-__all__ = ['ConnectionReport', 'inspect_connections', 'start_values', 'dwa_matrix', 'plot_connections']
+__all__ = ['ConnectionReport', 'inspect_connections', 'start_values', 'dwa_matrix', 'plot_connections',
+           'plot_moves']
 
 
 @dataclass
@@ -162,6 +164,35 @@ def plot_connections(reports: List[ConnectionReport], path) -> Path:
                 ax.bar(range(len(value)), value.numpy())
                 ax.set_xlabel('block' if key != 'scale' else 'group')
             ax.set_title(f'{report.name or "model"}\n{key}', fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_moves(history: Sequence[Tuple[int, List[ConnectionReport]]], path) -> Path:
+    """The largest move of each connection (its parameter furthest from its start, RMS) against the training step,
+    from ``(step, reports)`` pairs, as a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    lines: Dict[str, List[Tuple[int, float]]] = {}
+    for step, reports in sorted(history, key=lambda item: item[0]):
+        for report in reports:
+            if report.moved:
+                lines.setdefault(f'{report.name or "model"} ({report.kind})', []).append(
+                    (step, max(report.moved.values())))
+    if not lines:
+        raise ValueError('no connection with parameters of a fixed start; nothing moved to plot')
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, points in lines.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker='o', markersize=3, label=label)
+    ax.set_xlabel('training step')
+    ax.set_ylabel('largest move from the start (RMS)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)

@@ -10,8 +10,10 @@ from timm.data import Mixup, resolve_data_config
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from timm.data.transforms import str_to_interp_mode
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
 from torch import nn
 
+from densezoo.checkpoint_io import load_weights_file
 from densezoo.config import ConfigError, DataConfig, TrainConfig, require, require_pair, require_probability
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
 from densezoo.datasets.check import check_image_folders
@@ -44,6 +46,22 @@ class ClassificationDataConfig(DataConfig):
 class ClassificationTrainConfig(TrainConfig):
     """A classification run; its loss follows data.label_smoothing, data.mixup and data.cutmix."""
     data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
+
+
+def _classifier_rows(path, model_name: str) -> Optional[int]:
+    """The number of rows of the classifier weight (named by the model's pretrained cfg) in weights file ``path``;
+    None without one."""
+    cfg = get_pretrained_cfg(model_name)
+    names = getattr(cfg, 'classifier', None) or ()
+    state = load_weights_file(path)
+    for key in ('state_dict', 'model'):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    for name in [names] if isinstance(names, str) else names:
+        weight = state.get(f'{name}.weight')
+        if isinstance(weight, torch.Tensor):
+            return weight.shape[0]
+    return None
 
 
 def _timm_interpolation(name: str) -> bool:
@@ -164,6 +182,15 @@ class ClassificationTask(Task):
 
     def build_model(self) -> nn.Module:
         return self.create_model(num_classes=len(self.classes))
+
+    def model_args(self):
+        """As the base task's; a ``pretrained_file`` whose classifier has one row per class keeps it (timm would
+        start a new classifier for any number of classes other than its pretrained cfg's)."""
+        pretrained, kwargs = super().model_args()
+        overlay = kwargs.get('pretrained_cfg_overlay')
+        if overlay and _classifier_rows(overlay['file'], self.config.model.name) == len(self.classes):
+            overlay['num_classes'] = len(self.classes)
+        return pretrained, kwargs
 
     def resolved_data_config(self, model: nn.Module) -> Dict:
         """timm's data settings of the model, with the config's overrides."""

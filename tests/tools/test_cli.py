@@ -11,7 +11,8 @@ import pytest
 import densezoo
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ('train', 'upscale', 'export', 'validate', 'eval_sr', 'flops', 'latency', 'model_table', 'inspect_connections')
+TOOLS = ('train', 'upscale', 'export', 'validate', 'eval_sr', 'flops', 'latency', 'model_table', 'inspect_connections',
+         'compare')
 
 
 def test_console_scripts_are_the_tools_mains():

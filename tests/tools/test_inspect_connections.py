@@ -61,3 +61,32 @@ def test_errors_are_one_line(tmp_path, capsys):
                       '--model-kwargs', *ARGS, '--sample', str(tmp_path / 'bad.png'), '--out', str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f'error: --sample {tmp_path / "bad.png"}: cannot read the image') and err.count('\n') == 1
+
+
+def test_history_of_a_run(tmp_path, capsys):
+    """--history: the moves at step 0 (all zero), then at each kept checkpoint those of that checkpoint's model."""
+    from densezoo.engine import config_from_dict, train
+    from densezoo.hub.export import open_model
+    from tests.engine.conftest import make_dataset, tiny_config
+    values = tiny_config(make_dataset(tmp_path / 'data'), tmp_path / 'runs', checkpoint_every=2, keep_checkpoints=9)
+    values['model']['name'] = 'swin_tiny_patch4_window7_224_mudd'
+    run = train(config_from_dict(values), run_dir=tmp_path / 'run', progress=False).run_dir
+    tool = load_tool('inspect_connections')
+    assert tool.main([str(run), '--history', '--out', str(tmp_path / 'out')]) == 0
+    assert 'moves by step:' in capsys.readouterr().out
+    history = json.loads((tmp_path / 'out' / 'history.json').read_text())
+    assert [entry['step'] for entry in history] == [0, 2, 4, 6, 8, 10, 12]
+    names = ['layers.0.connection', 'layers.1.connection']
+    assert sorted(history[0]['moved']) == names
+    assert all(v == 0 for name in names for v in history[0]['moved'][name].values())
+    for entry in history[1:]:
+        # the end of epoch 1 (step 6) is a second checkpoint of that step: the later one counts
+        folder = sorted((run / 'checkpoints').glob(f'step-{entry["step"]:08d}*'))[-1]
+        model = open_model(folder).model
+        expected = {r.name: r.moved for r in densezoo.inspect_connections(model)}
+        assert entry['moved'] == expected and max(expected[names[0]].values()) > 0
+    assert (tmp_path / 'out' / 'history.png').stat().st_size > 1000
+    assert tool.main(['swin_tiny_patch4_window7_224_mudd', '--checkpoint', str(run), '--history',
+                      '--out', str(tmp_path / 'o')]) == 2
+    assert capsys.readouterr().err == ("error: --history needs a run folder; 'swin_tiny_patch4_window7_224_mudd' is "
+                                       "not one\n")
