@@ -75,6 +75,7 @@ class ConnectionResult:
     latency_ms: Optional[float] = None
     speed_ratio: Optional[float] = None  # the first connection's latency / this one's (above 1: faster)
     train_peak_bytes: Optional[int] = None
+    delta: List[float] = field(default_factory=list)  # metric - the first connection's, seed by seed (paired)
     extra: Dict[str, List[float]] = field(default_factory=dict)  # the task's other final metrics, per seed
 
     @property
@@ -89,6 +90,11 @@ class ConnectionResult:
         values = dict(self.__dict__)
         values.update(mean=self.mean, std=self.std)
         return values
+
+    def delta_text(self) -> str:
+        """The paired difference from the first connection: mean ± std over seeds."""
+        spread = statistics.stdev(self.delta) if len(self.delta) > 1 else 0.0
+        return f'{statistics.fmean(self.delta):+.4f} ± {spread:.4f}'
 
 
 def _seeded(overrides: Sequence[str], seed: int) -> List[str]:
@@ -152,13 +158,13 @@ def _measure(results: List[ConnectionResult], config, latency_iters: int, device
 
 def _table(results: List[ConnectionResult], metric: str, markdown: bool = False) -> str:
     head = ['connection', 'model', 'params', 'MMACs', 'latency ms (ratio)', 'train peak MiB',
-            f'{metric} mean ± std (n)', 'per seed']
+            f'{metric} mean ± std (n)', f'Δ vs {results[0].connection} (paired)', 'per seed']
     rows = []
     for r in results:
         latency = '-' if r.latency_ms is None else f'{r.latency_ms:.2f} ({r.speed_ratio:.2f}x)'
         rows.append([r.connection, r.model, f'{r.params:,}', f'{r.macs / 1e6:.2f}', latency,
                      f'{r.train_peak_bytes / 2 ** 20:.1f}', f'{r.mean:.4f} ± {r.std:.4f} ({len(r.metric)})',
-                     ' '.join(f'{v:.4f}' for v in r.metric)])
+                     r.delta_text(), ' '.join(f'{v:.4f}' for v in r.metric)])
     if not markdown:
         return format_columns(head, rows)
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -213,6 +219,8 @@ def compare(config_path, connections: Sequence[str], seeds: int, out: Path, over
             for key, value in run.metrics.items():
                 if key != metric and isinstance(value, (int, float)):
                     result.extra.setdefault(key, []).append(float(value))
+    for result in results:  # the runs of a seed saw the same data: differences per seed are paired
+        result.delta = [a - b for a, b in zip(result.metric, results[0].metric)]
     if int(os.environ.get('RANK', '0')) != 0:
         return None
     _measure(results, base, latency_iters, device)

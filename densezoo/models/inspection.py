@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -141,8 +142,8 @@ def plot_connections(reports: List[ConnectionReport], path) -> Path:
     for report in reports:
         panels = [(key, value) for key, value in {**report.coefficients, **report.dynamic}.items()
                   if not key.startswith('std.')]
-        if panels:
-            rows.append((report, panels))
+        for start in range(0, len(panels), 6):  # at most six panels a row: MUDD has two per block
+            rows.append((report, panels[start:start + 6]))
     if not rows:
         raise ValueError('no connection with coefficients to plot; the model has no connection, or only connections '
                          'without mixing coefficients (residual, dense)')
@@ -157,6 +158,10 @@ def plot_connections(reports: List[ConnectionReport], path) -> Path:
             key, value = panels[c]
             if value.dim() == 2:
                 image = ax.imshow(value.numpy(), cmap='RdBu_r', vmin=-1.5, vmax=1.5)
+                if value.numel() <= 64:  # small matrices carry their values: moves of a few hundredths show
+                    for (i, j), v in np.ndenumerate(value.numpy()):
+                        if v == v:
+                            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=6)
                 ax.set_xlabel('input X_j')
                 ax.set_ylabel('block' if key == 'alphas' else 'stream')
                 fig.colorbar(image, ax=ax, fraction=0.046)

@@ -92,6 +92,9 @@ def test_connections_and_seeds(config, tmp_path, monkeypatch, capsys):
         assert entry['macs'] == count(model, (3, 16, 16), activations=False).macs_fvcore
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         assert entry['train_peak_bytes'] > weights and entry['latency_ms'] > 0
+    first, second = report['connections']
+    assert first['delta'] == [0.0, 0.0]
+    assert second['delta'] == [a - b for a, b in zip(second['metric'], first['metric'])]  # paired by seed
     assert report['connections'][0]['speed_ratio'] == 1.0
     assert report['connections'][1]['macs'] > report['connections'][0]['macs']  # the mixing is counted
     assert (out / 'compare.png').stat().st_size > 1000
