@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -61,6 +61,11 @@ def variant_names(model: str, kinds: Sequence[str]) -> Dict[str, str]:
     return names
 
 
+def _spread(values: Sequence[float]) -> float:
+    """The sample standard deviation (0 for a single value)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 @dataclass
 class ConnectionResult:
     """One connection of a comparison: its runs (one per seed) and its measurements."""
@@ -84,7 +89,7 @@ class ConnectionResult:
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.metric) if len(self.metric) > 1 else 0.0
+        return _spread(self.metric)
 
     def as_dict(self) -> dict:
         values = dict(self.__dict__)
@@ -93,8 +98,7 @@ class ConnectionResult:
 
     def delta_text(self) -> str:
         """The paired difference from the first connection: mean ± std over seeds."""
-        spread = statistics.stdev(self.delta) if len(self.delta) > 1 else 0.0
-        return f'{statistics.fmean(self.delta):+.4f} ± {spread:.4f}'
+        return f'{statistics.fmean(self.delta):+.4f} ± {_spread(self.delta):.4f}'
 
 
 def _seeded(overrides: Sequence[str], seed: int) -> List[str]:
@@ -192,15 +196,18 @@ def _plot(results: List[ConnectionResult], metric: str, title: str, path: Path) 
     return path
 
 
-def compare(config_path, connections: Sequence[str], seeds: int, out: Path, overrides: Sequence[str] = (),
-            latency_iters: int = 20, progress: Optional[bool] = None, device: str = 'cpu'
-            ) -> Optional[List[ConnectionResult]]:
-    """Train and measure every connection × seed; returns the results (None in processes other than the first
-    under torchrun, which only train)."""
+def compare(config_path, connections: Sequence[str], seeds: int, out: Optional[Path] = None,
+            overrides: Sequence[str] = (), latency_iters: int = 20, progress: Optional[bool] = None,
+            device: str = 'cpu') -> Tuple[Path, str, Optional[List[ConnectionResult]]]:
+    """Train and measure every connection × seed in ``out`` (default: ``<output>/compare-<name>`` of the config);
+    returns that folder, the metric's name and the results (None in processes other than the first under torchrun,
+    which only train)."""
     if len(set(connections)) != len(connections):
         raise ConfigError(f'--connections {" ".join(connections)} names a connection twice')
     first_seed = load_config(config_path, [o for o in overrides if '{seed}' not in o]).seed
     base = load_config(config_path, _seeded(overrides, first_seed))
+    if out is None:
+        out = Path(base.output) / f'compare-{base.name or Path(config_path).stem}'
     names = variant_names(base.model.name, connections)
     metric = task_class({'task': base.task}).main_metric
     results = []
@@ -222,7 +229,7 @@ def compare(config_path, connections: Sequence[str], seeds: int, out: Path, over
     for result in results:  # the runs of a seed saw the same data: differences per seed are paired
         result.delta = [a - b for a, b in zip(result.metric, results[0].metric)]
     if int(os.environ.get('RANK', '0')) != 0:
-        return None
+        return out, metric, None
     _measure(results, base, latency_iters, device)
     title = f'{Path(config_path).name}: {base.model.name} ({seeds} seed{"s" if seeds > 1 else ""})'
     payload = dict(config=str(config_path), overrides=list(overrides), metric=metric, seeds=seeds,
@@ -231,7 +238,7 @@ def compare(config_path, connections: Sequence[str], seeds: int, out: Path, over
     (out / 'compare.json').write_text(json.dumps(payload, indent=1) + '\n')
     (out / 'compare.md').write_text(f'{title}\n\n{_table(results, metric, markdown=True)}\n')
     _plot(results, metric, title, out / 'compare.png')
-    return results
+    return out, metric, results
 
 
 def parse_args(argv=None):
@@ -262,19 +269,14 @@ def main(argv=None) -> int:
         unknown = [kind for kind in args.connections if kind not in CONNECTION_KINDS]
         if unknown:
             raise ConfigError(f'unknown connection {", ".join(unknown)}; choose from {", ".join(CONNECTION_KINDS)}')
-        out = args.out
-        if out is None:
-            base = load_config(args.config, args.opt)
-            out = Path(base.output) / f'compare-{base.name or args.config.stem}'
-        results = compare(args.config, args.connections, args.seeds, out, args.opt, args.latency_iters,
-                          progress=args.progress or None, device=args.device)
+        out, metric, results = compare(args.config, args.connections, args.seeds, args.out, args.opt,
+                                       args.latency_iters, progress=args.progress or None, device=args.device)
     except Interrupted:  # its line says where the checkpoint is; rerunning the command continues
         return EX_TEMPFAIL
     except (ConfigError, DataError, TrainingError, ValueError) as err:
         print(f'error: {" ".join(str(err).split())}', file=sys.stderr)
         return 1 if isinstance(err, TrainingError) else 2
     if results is not None:
-        metric = json.loads((out / 'compare.json').read_text())['metric']
         print(_table(results, metric))
         print(f'results: {out / "compare.md"}, {out / "compare.json"}, plot: {out / "compare.png"}')
     return 0

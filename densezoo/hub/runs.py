@@ -13,7 +13,7 @@ import yaml
 
 from densezoo.checkpoint_io import CheckpointError, verify_checkpoint
 
-__all__ = ['LoadError', 'RunWeights', 'find_weights', 'run_model', 'verified', 'mismatch']
+__all__ = ['LoadError', 'RunWeights', 'classifier_rows', 'find_weights', 'run_model', 'verified', 'mismatch']
 
 
 class LoadError(ValueError):
@@ -79,12 +79,20 @@ def run_model(config: Optional[Dict[str, Any]],
     if name and state is not None and config.get('task') == 'classification' and 'num_classes' not in kwargs:
         with torch.device('meta'):
             built = timm.create_model(name, **kwargs)
-        classifier = (built.pretrained_cfg or {}).get('classifier')
-        for head in ([classifier] if isinstance(classifier, str) else classifier or ()):
-            if f'{head}.weight' in state:
-                kwargs['num_classes'] = state[f'{head}.weight'].shape[0]
-                break
+        rows = classifier_rows((built.pretrained_cfg or {}).get('classifier'), state)
+        if rows is not None:
+            kwargs['num_classes'] = rows
     return name, kwargs
+
+
+def classifier_rows(classifier, state: Mapping[str, Any]) -> Optional[int]:
+    """The number of rows (classes) of the classifier weight in ``state``; ``classifier`` is a pretrained cfg's
+    ``classifier`` (a module name or several). None when ``state`` holds none of them."""
+    for head in ([classifier] if isinstance(classifier, str) else classifier or ()):
+        weight = state.get(f'{head}.weight')
+        if isinstance(weight, torch.Tensor):
+            return weight.shape[0]
+    return None
 
 
 def mismatch(err: Exception) -> str:

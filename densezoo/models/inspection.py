@@ -91,14 +91,12 @@ def _record_dynamic(connections: Dict[str, MultiwayDynamicDense], model: nn.Modu
     """Run ``model(sample)`` and collect, per MUDD connection and block, the mean and std of the generated weights
     over all positions."""
     sums: Dict[str, Dict[int, List[torch.Tensor]]] = {name: {} for name in connections}
-    originals = {}
     for name, connection in connections.items():
         def record(index, y, _name=name, _original=connection.dynamic_weights):
             weights = _original(index, y)
             flat = weights.detach().float().reshape(-1, *weights.shape[-2:])
             sums[_name].setdefault(index, []).append(flat)
             return weights
-        originals[name] = connection.dynamic_weights
         connection.dynamic_weights = record  # an instance attribute over the method, removed afterwards
     try:
         with torch.no_grad():

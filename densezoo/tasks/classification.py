@@ -18,6 +18,7 @@ from densezoo.config import ConfigError, DataConfig, TrainConfig, require, requi
 from densezoo.datasets import ImageFolderDataset, build_transform, list_classes
 from densezoo.datasets.check import check_image_folders
 from densezoo.distributed import all_reduce_sums
+from densezoo.hub.runs import classifier_rows
 from densezoo.tasks.base import Task, register_task
 
 __all__ = ['ClassificationTask', 'ClassificationDataConfig', 'ClassificationTrainConfig', 'classification_scores',
@@ -51,17 +52,11 @@ class ClassificationTrainConfig(TrainConfig):
 def _classifier_rows(path, model_name: str) -> Optional[int]:
     """The number of rows of the classifier weight (named by the model's pretrained cfg) in weights file ``path``;
     None without one."""
-    cfg = get_pretrained_cfg(model_name)
-    names = getattr(cfg, 'classifier', None) or ()
     state = load_weights_file(path)
     for key in ('state_dict', 'model'):
         if isinstance(state.get(key), dict):
             state = state[key]
-    for name in [names] if isinstance(names, str) else names:
-        weight = state.get(f'{name}.weight')
-        if isinstance(weight, torch.Tensor):
-            return weight.shape[0]
-    return None
+    return classifier_rows(getattr(get_pretrained_cfg(model_name), 'classifier', None), state)
 
 
 def _timm_interpolation(name: str) -> bool:

@@ -144,10 +144,11 @@ def test_fine_tuning_each_seed_from_its_plain_run(config, tmp_path):
     classifier included."""
     plain = tmp_path / 'plain'
     assert _compare(config, plain, '--connections', 'residual', '--seeds', '2') == 0
-    tuned = tmp_path / 'tuned'
+    tuned = tmp_path / 'runs' / 'compare-tiny'  # the default --out: <output>/compare-<name>
     weights = f'{plain}/residual-seed{{seed}}/checkpoints/last/model.safetensors'
-    assert _compare(config, tuned, '--connections', 'dwa', 'mudd', '--seeds', '2', '--opt', 'epochs=1',
-                    f'model.pretrained_file={weights}') == 0
+    assert load_tool('compare').main([str(config), '--latency-iters', '2', '--connections', 'dwa', 'mudd',
+                                      '--seeds', '2', '--opt', 'epochs=1', f'model.pretrained_file={weights}']) == 0
+    assert (tuned / 'compare.json').is_file()
     for seed in (0, 1):
         saved = yaml.safe_load((tuned / f'dwa-seed{seed}' / 'config.yaml').read_text())
         assert saved['model']['pretrained_file'] == weights.replace('{seed}', str(seed))
